@@ -1,0 +1,46 @@
+# Every target sets itself up: a fresh machine needs only `make run` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SRC ?=
+
+.PHONY: run test lint typecheck contracts unit soak bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: back up a sample tree (or SRC=/some/dir) into ./var/repo, restore it and verify it
+run: $(STAMP)
+	$(BIN)/rekindle demo $(if $(SRC),--src "$(SRC)",)
+
+## test: lint, type-check, layer contracts and the whole test suite
+test: lint typecheck contracts unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q tests/unit/test_layers.py
+
+unit: $(STAMP)
+	$(BIN)/pytest -n 2 --dist loadgroup -q
+
+## soak: long crash-injection loops (hundreds of kill -9 runs)
+soak: $(STAMP)
+	REKINDLE_SOAK_KILLS=300 $(BIN)/pytest -q -m soak tests
+
+## bench: Rekindle vs restic vs Borg on the shared dataset (installs restic and Borg)
+bench: $(STAMP)
+	bash bench/run.sh
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Lowest layer: errors, clock and small helpers shared by every other layer. No I/O."""

@@ -1,0 +1,1 @@
+"""The engine: backup, restore, check, prune and copy over a backend."""

@@ -1,0 +1,601 @@
+"""Backup: walk paths, store new content, write trees and a restore point.
+
+The main thread walks directories (scandir + lstat) and builds tree nodes; worker threads
+read files, cut them into chunks, hash, deduplicate, compress and encrypt (BLAKE3, zstd,
+AES-GCM and FastCDC all release the GIL, so both cores work). Directories are finalized in
+post-order, lazily, so the walker keeps submitting work while workers are busy.
+
+Never fails a backup because one file cannot be read: such files are *missed* (recorded with
+the reason in the restore point) and tried again next time. A file whose size or times change
+while it is read is stored as read and flagged.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import pwd
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pathspec
+
+from rekindle import __version__
+from rekindle.core.errors import UsageError
+from rekindle.format import codec
+from rekindle.format.chunker import Chunker
+from rekindle.format.registry import BlobKind, NodeType
+from rekindle.format.snapshot import Snapshot
+from rekindle.format.tree import ContentItem, Node, encode_tree
+from rekindle.repository.filescache import DirEntries, FilesCache
+from rekindle.repository.locks import Lock
+from rekindle.repository.repo import Repository
+from rekindle.repository.writer import BlobWriter
+
+log = logging.getLogger(__name__)
+
+READ_SEGMENT = 8 * 1024 * 1024
+MAX_INFLIGHT_FILES = 4096  # finalize finished directories beyond this many queued files
+
+
+@dataclass
+class BackupOptions:
+    paths: list[str]
+    excludes: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    tags: list[str] = field(default_factory=list)
+    host: str | None = None
+    server: str | None = None
+    workers: int = 3
+    cwd: str | None = None  # where relative paths are resolved (default: os.getcwd())
+
+
+@dataclass
+class BackupStats:
+    """Counters updated while a backup runs; read by progress displays."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs: int = 0
+    bytes_total: int = 0  # size of every file seen
+    bytes_read: int = 0  # bytes actually read
+    bytes_added: int = 0  # stored bytes of new packs
+    blobs_added: int = 0
+    scan_files: int = 0  # totals from the scanner thread (for ETA)
+    scan_bytes: int = 0
+    scan_done: bool = False
+    missed: list[tuple[str, str]] = field(default_factory=list)
+    changed_while_read: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def files_done(self) -> int:
+        return self.files_new + self.files_changed + self.files_unmodified
+
+    def as_dict(self) -> dict[str, int | float]:
+        return {
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unmodified": self.files_unmodified,
+            "dirs": self.dirs,
+            "total_bytes": self.bytes_total,
+            "bytes_read": self.bytes_read,
+            "data_added": self.bytes_added,
+            "blobs_added": self.blobs_added,
+            "missed": len(self.missed),
+            "changed_while_read": len(self.changed_while_read),
+            "duration": round(time.monotonic() - self.started, 3),
+        }
+
+
+@dataclass
+class BackupResult:
+    snapshot: Snapshot
+    stats: BackupStats
+
+
+@dataclass
+class _FileResult:
+    content: list[ContentItem]
+    changed: bool
+
+
+@dataclass
+class _Frame:
+    """A walked directory waiting for its files' content before its tree can be written."""
+
+    path: bytes
+    node: Node | None  # the directory's node in its parent (None for the root)
+    nodes: list[Node]
+    pending: list[tuple[Node, Future[_FileResult], os.stat_result, bytes]]
+    cache_entries: DirEntries
+
+
+def _owner_names() -> Callable[[int, int], tuple[str | None, str | None]]:
+    users: dict[int, str | None] = {}
+    groups: dict[int, str | None] = {}
+
+    def lookup(uid: int, gid: int) -> tuple[str | None, str | None]:
+        if uid not in users:
+            try:
+                users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                users[uid] = None
+        if gid not in groups:
+            try:
+                groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                groups[gid] = None
+        return users[uid], groups[gid]
+
+    return lookup
+
+
+def _read_xattrs(path: bytes) -> list[tuple[bytes, bytes]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            out.append((name.encode(), os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return out
+
+
+def _same(st: os.stat_result, other: os.stat_result) -> bool:
+    return (
+        st.st_size == other.st_size
+        and st.st_mtime_ns == other.st_mtime_ns
+        and st.st_ctime_ns == other.st_ctime_ns
+        and st.st_ino == other.st_ino
+    )
+
+
+class Archiver:
+    def __init__(
+        self, repo: Repository, options: BackupOptions, stats: BackupStats | None = None
+    ) -> None:
+        self.repo = repo
+        self.opts = options
+        self.stats = stats or BackupStats()
+        self.writer = BlobWriter(repo)
+        self._chunkers = threading.local()
+        self._names = _owner_names()
+        self._spec = (
+            pathspec.GitIgnoreSpec.from_lines(options.excludes) if options.excludes else None
+        )
+        cache_path = repo.cache_dir / "files.sqlite" if repo.cache_dir else None
+        self.files_cache = FilesCache(cache_path)
+        self._cache_trusted = self.files_cache.generation_valid(repo.index_file_names())
+        self._frames: deque[_Frame] = deque()
+        self._inflight = 0
+        self._root_dev: int | None = None
+        self._last_cache_dir: bytes | None = None
+        self._last_cache: DirEntries | None = None
+        self._parent: str | None = None
+        self._started_at = repo.clock.now()
+
+    # -- worker side ------------------------------------------------------------------------
+    def _chunker(self) -> Chunker:
+        c: Chunker | None = getattr(self._chunkers, "c", None)
+        if c is None:
+            c = self._chunkers.c = Chunker(self.repo.config, self.repo.keys.chunker_seed)
+        return c
+
+    def _store_chunk(self, chunk: bytes | memoryview) -> bytes:
+        cid = self.repo.keys.chunk_id(chunk)
+        if self.writer.reserve(cid):
+            payload = codec.encode(chunk, self.repo.config.zstd_level)
+            self.writer.store(BlobKind.DATA, cid, payload, len(chunk))
+        return cid
+
+    def _chunk_stream(
+        self, fd: int, start: int, length: int | None, content: list[ContentItem]
+    ) -> int:
+        """Chunk bytes [start, start+length) of fd (to EOF if length is None)."""
+        chunker = self._chunker()
+        carry = b""
+        pos = start
+        total = 0
+        while True:
+            want = READ_SEGMENT if length is None else min(READ_SEGMENT, start + length - pos)
+            data = os.pread(fd, want, pos) if want > 0 else b""
+            pos += len(data)
+            total += len(data)
+            eof = len(data) < want or want == 0 or (length is not None and pos >= start + length)
+            buf = carry + data if carry else data
+            if not buf:
+                break
+            pieces = list(chunker.cut(buf))
+            # Unless at the end, the last piece may end only because the buffer ends: cut it
+            # again with what follows, so boundaries depend on content alone.
+            carry = b"" if eof else bytes(pieces.pop())
+            for piece in pieces:
+                content.append(self._store_chunk(piece))
+            with self.stats.lock:
+                self.stats.bytes_read += len(data)
+            if eof:
+                if carry:
+                    content.append(self._store_chunk(carry))
+                break
+        return total
+
+    def _read_file(self, path: bytes, st: os.stat_result) -> _FileResult:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+        try:
+            fd = os.open(path, flags)
+        except PermissionError:
+            fd = os.open(path, flags & ~getattr(os, "O_NOATIME", 0))
+        try:
+            content: list[ContentItem] = []
+            sparse = st.st_size > 0 and st.st_blocks * 512 < st.st_size
+            if sparse:
+                self._read_sparse(fd, st.st_size, content)
+            else:
+                self._chunk_stream(fd, 0, None, content)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        changed = not _same(st, after) or after.st_mtime_ns != st.st_mtime_ns
+        return _FileResult(content, changed)
+
+    def _read_sparse(self, fd: int, size: int, content: list[ContentItem]) -> None:
+        pos = 0
+        while pos < size:
+            try:
+                data_start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                data_start = size  # only a hole remains
+            if data_start > pos:
+                content.append(data_start - pos)
+                pos = data_start
+            if pos >= size:
+                break
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+            self._chunk_stream(fd, pos, hole - pos, content)
+            pos = hole
+
+    # -- walker side --------------------------------------------------------------------------
+    def _excluded(self, rel: str, is_dir: bool) -> bool:
+        if self._spec is None:
+            return False
+        return self._spec.match_file(rel + "/" if is_dir else rel)
+
+    def _node(self, name: bytes, st: os.stat_result, path: bytes) -> Node:
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            t = NodeType.FILE
+        elif stat.S_ISDIR(mode):
+            t = NodeType.DIR
+        elif stat.S_ISLNK(mode):
+            t = NodeType.SYMLINK
+        elif stat.S_ISCHR(mode):
+            t = NodeType.CHARDEV
+        elif stat.S_ISBLK(mode):
+            t = NodeType.BLOCKDEV
+        elif stat.S_ISFIFO(mode):
+            t = NodeType.FIFO
+        else:
+            t = NodeType.SOCKET
+        user, group = self._names(st.st_uid, st.st_gid)
+        node = Node(
+            name=name,
+            type=t,
+            mode=stat.S_IMODE(mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            user=user,
+            group=group,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+        )
+        if t is NodeType.FILE:
+            node.size = st.st_size
+            if st.st_nlink > 1:
+                node.inode, node.device, node.nlink = st.st_ino, st.st_dev, st.st_nlink
+        elif t is NodeType.SYMLINK:
+            node.link_target = os.readlink(path)
+        elif t in (NodeType.CHARDEV, NodeType.BLOCKDEV):
+            node.rdev = st.st_rdev
+        if t is not NodeType.SYMLINK:
+            node.xattrs = _read_xattrs(path)
+        return node
+
+    def _add_file(self, frame: _Frame, node: Node, path: bytes, st: os.stat_result) -> None:
+        with self.stats.lock:
+            self.stats.bytes_total += st.st_size
+        prev = self.repo_cache_get(frame.path)
+        cached = prev.get(node.name) if prev else None
+        if (
+            cached is not None
+            and cached[0] == st.st_size
+            and cached[1] == st.st_mtime_ns
+            and cached[2] == st.st_ctime_ns
+            and cached[3] == st.st_ino
+            and self._cached_content_ok(cached[4])
+        ):
+            node.content = list(cached[4])
+            frame.cache_entries[node.name] = cached
+            with self.stats.lock:
+                self.stats.files_unmodified += 1
+            return
+        fut = self._pool.submit(self._read_file, path, st)
+        frame.pending.append((node, fut, st, b"changed" if cached is not None else b"new"))
+        self._inflight += 1
+
+    def repo_cache_get(self, dir_path: bytes) -> DirEntries | None:
+        if self._last_cache_dir != dir_path:
+            self._last_cache_dir = dir_path
+            self._last_cache = self.files_cache.get(dir_path)
+        return self._last_cache
+
+    def _cached_content_ok(self, content: list[ContentItem]) -> bool:
+        if self._cache_trusted:
+            return True
+        ids = [c for c in content if isinstance(c, bytes)]
+        return not self.repo.index.missing(ids)
+
+    def _walk_dir(self, path: bytes, rel: str, node: Node | None) -> None:
+        """Walk one directory (recursively); queue it for finalization."""
+        frame = _Frame(path, node, [], [], {})
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            self._miss(path, e)
+            if node is not None:
+                node.subtree = []
+            entries = []
+        with self.stats.lock:
+            self.stats.dirs += 1
+        for entry in entries:
+            name = entry.name if isinstance(entry.name, bytes) else os.fsencode(entry.name)
+            child = os.path.join(path, name)
+            child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+            try:
+                st = entry.stat(follow_symlinks=False)
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if self._excluded(child_rel, is_dir):
+                    continue
+                child_node = self._node(name, st, child)
+            except OSError as e:
+                self._miss(child, e)
+                continue
+            frame.nodes.append(child_node)
+            if child_node.type is NodeType.DIR:
+                if self.opts.one_file_system and st.st_dev != self._root_dev:
+                    continue  # a mount point: recorded as an empty directory
+                self._walk_dir(child, child_rel, child_node)
+            elif child_node.type is NodeType.FILE:
+                self._add_file(frame, child_node, child, st)
+        self._frames.append(frame)
+        while self._inflight > MAX_INFLIGHT_FILES and len(self._frames) > 1:
+            self._finalize(self._frames.popleft())
+
+    def _finalize(self, frame: _Frame) -> list[bytes]:
+        missed: set[int] = set()
+        for i, (node, fut, st, how) in enumerate(frame.pending):
+            self._inflight -= 1
+            try:
+                res = fut.result()
+            except OSError as e:
+                self._miss(os.path.join(frame.path, node.name), e)
+                missed.add(id(node))
+                continue
+            node.content = res.content
+            with self.stats.lock:
+                if how == b"new":
+                    self.stats.files_new += 1
+                else:
+                    self.stats.files_changed += 1
+            if res.changed:
+                node.changed_while_read = True
+                self.stats.changed_while_read.append(
+                    os.fsdecode(os.path.join(frame.path, node.name))
+                )
+            else:
+                frame.cache_entries[node.name] = [
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_ino,
+                    res.content,
+                ]
+            del i
+        nodes = [n for n in frame.nodes if id(n) not in missed]
+        ids = self.store_tree(nodes)
+        if frame.node is not None:
+            frame.node.subtree = ids
+        self.files_cache.put(frame.path, frame.cache_entries)
+        return ids
+
+    def store_tree(self, nodes: list[Node]) -> list[bytes]:
+        data = encode_tree(nodes)
+        ids = []
+        for piece in self._chunker().cut(data):
+            cid = self.repo.keys.chunk_id(piece)
+            if self.writer.reserve(cid):
+                self.writer.store_plain(BlobKind.TREE, cid, bytes(piece))
+            ids.append(cid)
+        return ids
+
+    def _miss(self, path: bytes, e: OSError) -> None:
+        reason = e.strerror or type(e).__name__
+        with self.stats.lock:
+            self.stats.missed.append((os.fsdecode(path), reason))
+
+    # -- top level ----------------------------------------------------------------------------
+    def run(self) -> BackupResult:
+        from rekindle.repository.scan import start_scanner
+
+        cwd = self.opts.cwd or os.getcwd()
+        layout = plan_paths(self.opts.paths, cwd)
+        with (
+            Lock(self.repo, "backup"),
+            ThreadPoolExecutor(self.opts.workers, thread_name_prefix="read") as pool,
+        ):
+            # Look at the index only after taking the lock: a prune that condemned blobs
+            # before this point has already removed them from the index files, and one
+            # that condemns them later waits for this lock (FORMAT.md section 12).
+            self.repo.sync_index()
+            self._cache_trusted = self.files_cache.generation_valid(self.repo.index_file_names())
+            self._pool = pool
+            scanner = start_scanner([p for _, p in layout.leaves], self.stats)
+            try:
+                root_ids = self._backup_layout(layout)
+                self.writer.flush()
+            finally:
+                scanner.stop()
+                self.writer.close()
+            with self.stats.lock:
+                self.stats.bytes_added = self.writer.bytes_added
+                self.stats.blobs_added = self.writer.blobs_added
+            snap = Snapshot(
+                time=self._started_at,
+                host=self.opts.host or os.uname().nodename,
+                server=self.opts.server,
+                paths=[p.decode("utf-8", "surrogateescape") for _, p in layout.leaves],
+                tree=root_ids,
+                program=f"rekindle {__version__}",
+                parent=self._parent,
+                tags=list(self.opts.tags),
+                user=_user(),
+                excludes=list(self.opts.excludes),
+                stats=self.stats.as_dict(),
+                missed=list(self.stats.missed),
+            )
+            self.repo.write_snapshot(snap)
+        # Only a completed backup updates the files cache.
+        self.files_cache.commit(self.repo.index_file_names())
+        self.files_cache.close()
+        return BackupResult(snap, self.stats)
+
+    def _backup_layout(self, layout: PathLayout) -> list[bytes]:
+        self._started_at = self.repo.clock.now()
+        self._parent = self._find_parent([p for _, p in layout.leaves])
+        if layout.root_dir is not None:
+            self._root_dev = os.lstat(layout.root_dir).st_dev
+            self._walk_dir(layout.root_dir, "", None)
+            while len(self._frames) > 1:
+                self._finalize(self._frames.popleft())
+            return self._finalize(self._frames.popleft())
+        return self._build_virtual(layout.tree, b"", "")
+
+    def _build_virtual(self, tree: dict[bytes, object], base: bytes, rel: str) -> list[bytes]:
+        """Root and intermediate directories of absolute paths: metadata from the real dirs."""
+        nodes: list[Node] = []
+        holder = _Frame(base or b"/", None, nodes, [], {})
+        for name, sub in sorted(tree.items()):
+            real = (base or b"") + b"/" + name
+            child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+            try:
+                st = os.lstat(real)
+            except OSError as e:
+                self._miss(real, e)
+                continue
+            node = self._node(name, st, real)
+            nodes.append(node)
+            if isinstance(sub, dict):
+                node.subtree = self._build_virtual(sub, real, child_rel)
+            elif node.type is NodeType.DIR:
+                self._root_dev = st.st_dev
+                self._walk_dir(real, child_rel, node)
+                while self._frames:
+                    self._finalize(self._frames.popleft())
+            elif node.type is NodeType.FILE:
+                self._add_file(holder, node, real, st)
+        for node, fut, _st, _how in holder.pending:
+            self._inflight -= 1
+            try:
+                node.content = fut.result().content
+                with self.stats.lock:
+                    self.stats.files_new += 1
+            except OSError as e:
+                self._miss((base or b"") + b"/" + node.name, e)
+                nodes.remove(node)
+        return self.store_tree(nodes)
+
+    def _find_parent(self, leaves: list[bytes]) -> str | None:
+        want = sorted(p.decode("utf-8", "surrogateescape") for p in leaves)
+        host = self.opts.host or os.uname().nodename
+        best: Snapshot | None = None
+        for sid in self.repo.snapshot_ids():
+            try:
+                s = self.repo.read_snapshot(sid)
+            except Exception as e:  # noqa: BLE001 - a damaged restore point is not a parent
+                log.warning("restore point %s unreadable, not used as parent: %s", sid, e)
+                continue
+            if s.host == host and sorted(s.paths) == want and (best is None or s.time > best.time):
+                best = s
+        return best.id if best else None
+
+
+@dataclass
+class PathLayout:
+    root_dir: bytes | None  # set when the backup root is one directory ('.')
+    tree: dict[bytes, object]  # otherwise: nested components; leaves map to the path bytes
+    leaves: list[tuple[str, bytes]]
+
+
+def plan_paths(paths: list[str], cwd: str) -> PathLayout:
+    """Normalize backup paths into the tree layout of FORMAT.md section 10."""
+    if not paths:
+        raise UsageError("nothing to back up: give at least one path")
+    leaves: list[tuple[str, bytes]] = []
+    tree: dict[bytes, object] = {}
+    root_dir: bytes | None = None
+    for p in paths:
+        if ".." in Path(p).parts:
+            raise UsageError(f"path {p!r} contains '..': give it as an absolute path")
+        absolute = os.path.normpath(p if os.path.isabs(p) else os.path.join(cwd, p))
+        if not os.path.lexists(absolute):
+            raise UsageError(f"path {p!r} does not exist")
+        rel = os.path.normpath(p).lstrip("/") if os.path.isabs(p) else os.path.normpath(p)
+        if rel in (".", ""):
+            if not os.path.isdir(absolute):
+                raise UsageError(f"{p!r} is not a directory")
+            if len(paths) > 1:
+                raise UsageError("'.' (or '/') cannot be combined with other paths")
+            root_dir = os.fsencode(absolute)
+            leaves.append((rel, root_dir))
+            break
+        parts = [os.fsencode(x) for x in rel.split("/")]
+        node = tree
+        for part in parts[:-1]:
+            sub = node.setdefault(part, {})
+            if not isinstance(sub, dict):
+                raise UsageError(f"path {p!r} lies inside another backup path")
+            node = sub
+        if parts[-1] in node:
+            raise UsageError(f"path {p!r} is given twice or contains another backup path")
+        node[parts[-1]] = os.fsencode(absolute)
+        leaves.append((rel, os.fsencode(absolute)))
+    return PathLayout(root_dir, tree, leaves)
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def backup(
+    repo: Repository, options: BackupOptions, stats: BackupStats | None = None
+) -> BackupResult:
+    return Archiver(repo, options, stats).run()

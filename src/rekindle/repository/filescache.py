@@ -1,0 +1,63 @@
+"""The files cache: what each directory held at the last backup, so unchanged files are not
+read again.
+
+One SQLite row per directory (absolute path, as bytes) holding, for each file, the stat
+fields that identify an unchanged file (size, mtime_ns, ctime_ns, inode) and its content
+list. A second table remembers which index files existed when the cache was written: if all
+of them still exist, every cached chunk is still in the repository (prune removes chunks
+only by replacing index files); otherwise cached chunks are checked against the index.
+The cache is a hint: losing it costs a re-read, never data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+# name -> [size, mtime_ns, ctime_ns, inode, content]
+DirEntries = dict[bytes, list[Any]]
+
+
+class FilesCache:
+    def __init__(self, path: Path | None) -> None:
+        target = ":memory:" if path is None else str(path)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(target, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        self._db.execute("PRAGMA synchronous = OFF")
+        self._db.execute("CREATE TABLE IF NOT EXISTS dirs (path BLOB PRIMARY KEY, data BLOB)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS generation (name TEXT PRIMARY KEY)")
+        self._pending: list[tuple[bytes, bytes]] = []
+
+    def get(self, path: bytes) -> DirEntries | None:
+        row = self._db.execute("SELECT data FROM dirs WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        try:
+            entries: DirEntries = msgpack.unpackb(row[0], raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException):
+            return None
+        return entries
+
+    def put(self, path: bytes, entries: DirEntries) -> None:
+        """Staged until `commit`: the cache only changes once a backup has succeeded."""
+        self._pending.append((path, msgpack.packb(entries, use_bin_type=True)))
+
+    def generation_valid(self, current_index_files: set[str]) -> bool:
+        names = {r[0] for r in self._db.execute("SELECT name FROM generation")}
+        return bool(names) and names <= current_index_files
+
+    def commit(self, index_files: set[str]) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT OR REPLACE INTO dirs VALUES (?, ?)", self._pending)
+        self._db.execute("DELETE FROM generation")
+        self._db.executemany("INSERT INTO generation VALUES (?)", ((n,) for n in index_files))
+        self._db.execute("COMMIT")
+        self._pending = []
+
+    def close(self) -> None:
+        self._db.close()

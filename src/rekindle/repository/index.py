@@ -1,0 +1,181 @@
+"""The local index cache: chunk id -> (pack, offset, length), kept in SQLite on disk.
+
+The backend holds the truth (index files under `index/`); this cache mirrors their union so
+that lookups cost a B-tree probe and memory stays flat however large the repository grows.
+`sync` loads index files that appeared and drops rows of index files that disappeared.
+Safe for several threads (one connection behind a lock) and several processes (WAL mode).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rekindle.format.pack import BlobEntry
+from rekindle.format.registry import BlobKind
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS index_files (
+    rowid INTEGER PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB NOT NULL,
+    pack BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    raw INTEGER NOT NULL,
+    src INTEGER NOT NULL,
+    PRIMARY KEY (id, pack, src)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_src ON blobs (src);
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    pack: bytes
+    entry: BlobEntry
+
+
+class LocalIndex:
+    def __init__(self, path: Path | None) -> None:
+        # path None: an in-memory database (tests, in-memory repositories).
+        target = ":memory:" if path is None else str(path)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA busy_timeout = 60000")
+            if path is not None:
+                self._db.execute("PRAGMA journal_mode = WAL")
+            # The cache can always be rebuilt from the backend: durability is not needed.
+            self._db.execute("PRAGMA synchronous = OFF")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- sync with the backend -------------------------------------------------------------
+    def known_files(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT name FROM index_files")}
+
+    def drop_files(self, names: Iterable[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            for name in names:
+                row = self._db.execute(
+                    "SELECT rowid FROM index_files WHERE name = ?", (name,)
+                ).fetchone()
+                if row is not None:
+                    self._db.execute("DELETE FROM blobs WHERE src = ?", (row[0],))
+                    self._db.execute("DELETE FROM index_files WHERE rowid = ?", (row[0],))
+            self._db.execute("COMMIT")
+
+    def add_file(self, name: str, packs: Iterable[tuple[bytes, list[BlobEntry]]]) -> None:
+        """Record an index file's entries (idempotent: a file already known is skipped)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO index_files (name) VALUES (?)", (name,)
+                )
+                if cur.rowcount == 0:
+                    self._db.execute("ROLLBACK")
+                    return
+                src = cur.lastrowid
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        (e.id, pack, int(e.kind), e.offset, e.length, e.raw_length, src)
+                        for pack, entries in packs
+                        for e in entries
+                    ),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- lookups ------------------------------------------------------------------------------
+    def lookup(self, chunk_id: bytes) -> Location | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pack, kind, offset, length, raw FROM blobs WHERE id = ? LIMIT 1",
+                (chunk_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Location(row[0], BlobEntry(chunk_id, BlobKind(row[1]), row[2], row[3], row[4]))
+
+    def lookup_all(self, chunk_id: bytes) -> list[Location]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT pack, kind, offset, length, raw FROM blobs WHERE id = ?",
+                (chunk_id,),
+            ).fetchall()
+        return [Location(r[0], BlobEntry(chunk_id, BlobKind(r[1]), r[2], r[3], r[4])) for r in rows]
+
+    def contains(self, chunk_id: bytes) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM blobs WHERE id = ? LIMIT 1", (chunk_id,)
+            ).fetchone()
+        return row is not None
+
+    def missing(self, ids: Iterable[bytes]) -> set[bytes]:
+        """The ids among `ids` that the index does not know, in batches."""
+        todo = list(set(ids))
+        out: set[bytes] = set()
+        with self._lock:
+            for i in range(0, len(todo), 500):
+                batch = todo[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                found = {
+                    r[0]
+                    for r in self._db.execute(
+                        f"SELECT DISTINCT id FROM blobs WHERE id IN ({marks})",  # noqa: S608 - only '?' marks
+                        batch,
+                    )
+                }
+                out.update(x for x in batch if x not in found)
+        return out
+
+    def packs(self) -> dict[bytes, int]:
+        """Every indexed pack and its blob kind."""
+        with self._lock:
+            return {r[0]: r[1] for r in self._db.execute("SELECT DISTINCT pack, kind FROM blobs")}
+
+    def entries(self) -> Iterator[tuple[bytes, BlobEntry]]:
+        """Every (pack, blob entry), one per distinct location, ordered by pack."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT pack, id, kind, offset, length, raw FROM blobs"
+                " ORDER BY pack, offset"
+            ).fetchall()
+        for r in rows:
+            yield r[0], BlobEntry(r[1], BlobKind(r[2]), r[3], r[4], r[5])
+
+    def counts(self) -> tuple[int, int]:
+        """(distinct blobs, distinct packs)."""
+        with self._lock:
+            b = self._db.execute("SELECT COUNT(DISTINCT id) FROM blobs").fetchone()[0]
+            p = self._db.execute("SELECT COUNT(DISTINCT pack) FROM blobs").fetchone()[0]
+        return int(b), int(p)
+
+    def stored_size(self) -> tuple[int, int]:
+        """(sum of stored lengths, sum of plaintext lengths) over distinct blobs."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(l), 0), COALESCE(SUM(r), 0) FROM "
+                "(SELECT MIN(length) AS l, MIN(raw) AS r FROM blobs GROUP BY id)"
+            ).fetchone()
+        return int(row[0]), int(row[1])

@@ -1,0 +1,291 @@
+"""Prune: reclaim the space of blobs no restore point uses, without blocking backups.
+
+The protocol is FORMAT.md section 12: *mark* (repack mostly-unused packs, write one index
+that leaves condemned packs out, delete the superseded index files, then write a garbage
+record) and *sweep* (once the record is older than the grace period and no backup that
+started before it is still running: delete its packs, except those a restore point committed
+since then needs, which are indexed again instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rekindle.core.errors import (
+    DamageFoundError,
+    IntegrityError,
+    ObjectNotFoundError,
+    RekindleError,
+)
+from rekindle.format.indexdoc import PackEntries
+from rekindle.format.pack import BlobEntry
+from rekindle.format.registry import BlobKind, FileKind
+from rekindle.format.snapshot import Snapshot
+from rekindle.repository.locks import Lock, list_locks
+from rekindle.repository.reach import reachable
+from rekindle.repository.repo import Repository, pack_name, parse_pack_name
+from rekindle.repository.writer import BlobWriter
+
+log = logging.getLogger(__name__)
+
+#: Packs whose live bytes are below this share of their blob bytes are repacked.
+REPACK_BELOW = 0.5
+#: Packs per index file written by prune (keeps each index document a few MiB at most).
+PACKS_PER_INDEX = 2000
+#: Prune conflicts with these operations (see the table in locks.py).
+PRUNE_CONFLICTS = frozenset({"prune", "check", "repair"})
+
+
+@dataclass
+class PruneReport:
+    snapshots: int = 0
+    packs: int = 0
+    packs_unused: int = 0
+    packs_repacked: int = 0
+    packs_orphaned: int = 0
+    blobs_repacked: int = 0
+    bytes_repacked: int = 0
+    packs_deleted: int = 0
+    bytes_freed: int = 0
+    packs_reindexed: int = 0
+    records_waiting: int = 0
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.snapshots} restore points, {self.packs} packs: "
+            f"{self.packs_unused} unused, {self.packs_repacked} repacked "
+            f"({self.blobs_repacked} blobs, {self.bytes_repacked} bytes copied), "
+            f"{self.packs_orphaned} left by interrupted backups; "
+            f"deleted {self.packs_deleted} packs ({self.bytes_freed} bytes freed)"
+        )
+        if self.packs_reindexed:
+            text += f", kept {self.packs_reindexed} that new restore points use"
+        if self.records_waiting:
+            text += (
+                f"; {self.records_waiting} garbage record(s) wait for the grace period or "
+                "for running backups, and are swept by a later prune"
+            )
+        return text
+
+
+def _read_all_snapshots(repo: Repository) -> list[Snapshot]:
+    snaps = []
+    for sid in repo.snapshot_ids():
+        try:
+            snaps.append(repo.read_snapshot(sid))
+        except ObjectNotFoundError:
+            continue  # forgotten meanwhile
+        except IntegrityError as e:
+            raise DamageFoundError(
+                f"restore point {sid[:8]} is damaged ({e}); prune deletes nothing until "
+                "'rekindle repo check' passes"
+            ) from None
+    return snaps
+
+
+def _used_ids(repo: Repository, snaps: list[Snapshot]) -> set[bytes]:
+    try:
+        return reachable(repo, snaps).all()
+    except RekindleError as e:
+        raise DamageFoundError(
+            f"cannot read every tree ({e}); prune deletes nothing until "
+            "'rekindle repo check' passes"
+        ) from None
+
+
+def prune(
+    repo: Repository,
+    *,
+    grace: timedelta = timedelta(hours=1),
+    repack_below: float = REPACK_BELOW,
+    progress: Callable[[str], None] | None = None,
+) -> PruneReport:
+    say = progress or (lambda _msg: None)
+    report = PruneReport()
+    with Lock(repo, "prune", conflicts=PRUNE_CONFLICTS):
+        _sweep(repo, grace, report, say)
+        say("reading the index and restore points")
+        repo.sync_index()
+        if repo.damaged_index_files:
+            raise DamageFoundError(
+                f"{len(repo.damaged_index_files)} index file(s) are damaged; run "
+                "'rekindle repo repair' before pruning"
+            )
+        snaps = _read_all_snapshots(repo)
+        report.snapshots = len(snaps)
+        used = _used_ids(repo, snaps)
+        old_index = sorted(repo.index_file_names())
+
+        by_pack: dict[bytes, list[BlobEntry]] = {}
+        for pid, entry in repo.index.entries():
+            by_pack.setdefault(pid, []).append(entry)
+        report.packs = len(by_pack)
+        missing = repo.index.missing(used)
+        if missing:
+            raise DamageFoundError(
+                f"{len(missing)} blob(s) that restore points use are not in the index; "
+                "run 'rekindle repo check' (and 'repair'); prune deletes nothing meanwhile"
+            )
+
+        keep: list[bytes] = []
+        repack: list[bytes] = []
+        unused: list[bytes] = []
+        for pid, entries in by_pack.items():
+            total = sum(e.length for e in entries)
+            live = sum(e.length for e in entries if e.id in used)
+            if live == 0:
+                unused.append(pid)
+            elif live < total * repack_below:
+                repack.append(pid)
+            else:
+                keep.append(pid)
+        report.packs_unused = len(unused)
+        report.packs_repacked = len(repack)
+
+        if not unused and not repack and not _orphans(repo, set(by_pack), grace):
+            say("nothing to prune")
+            _sweep(repo, grace, report, say)
+            return report
+
+        # Repack: copy the live blobs of mostly-unused packs into new packs (indexed by the
+        # writer before anything is condemned).
+        if repack:
+            say(f"repacking {len(repack)} packs")
+            kept_ids = {e.id for pid in keep for e in by_pack[pid]}
+            writer = BlobWriter(repo)
+            try:
+                for pid in repack:
+                    for e in sorted(by_pack[pid], key=lambda x: x.offset):
+                        if e.id not in used or e.id in kept_ids:
+                            continue
+                        kept_ids.add(e.id)
+                        plain = repo.read_blob(e.id)  # verified; any intact copy will do
+                        writer.store_plain(e.kind, e.id, plain)
+                        report.blobs_repacked += 1
+                        report.bytes_repacked += e.length
+                writer.flush()
+            finally:
+                writer.close()
+
+        # One index (in parts) covering every kept pack; then the old files go.
+        say("writing the new index")
+        superseded = [bytes.fromhex(n.split("/", 1)[1]) for n in old_index]
+        kept_entries = [PackEntries(pid, by_pack[pid][0].kind, by_pack[pid]) for pid in keep]
+        for i in range(0, len(kept_entries), PACKS_PER_INDEX):
+            repo.write_index(kept_entries[i : i + PACKS_PER_INDEX], supersedes=superseded)
+        for name in old_index:
+            with contextlib.suppress(ObjectNotFoundError):
+                repo.backend.delete(name)
+        repo.sync_index()
+
+        orphans = _orphans(repo, set(repo.index.packs()), grace)
+        report.packs_orphaned = len(orphans)
+        condemned = [pack_name(by_pack[pid][0].kind, pid) for pid in unused + repack]
+        condemned += orphans
+        if condemned:
+            _write_garbage(repo, condemned)
+        _sweep(repo, grace, report, say)
+    return report
+
+
+def _orphans(repo: Repository, indexed: set[bytes], grace: timedelta) -> list[str]:
+    """Packs no index file names, older than the grace period (left by crashed backups)."""
+    cutoff = repo.clock.now() - grace
+    out = []
+    for prefix in ("data/", "tree/"):
+        for info in repo.backend.list(prefix):
+            parsed = parse_pack_name(info.name)
+            if parsed is None:
+                log.warning("ignoring unexpected object %s", info.name)
+                continue
+            if parsed[1] not in indexed and info.modified <= cutoff:
+                out.append(info.name)
+    return out
+
+
+def _write_garbage(repo: Repository, packs: list[str]) -> str:
+    from rekindle.format.crypto import content_hash
+
+    data = repo.seal(
+        FileKind.GARBAGE,
+        {"v": 1, "created": repo.clock.now().isoformat(), "packs": sorted(packs)},
+    )
+    name = f"garbage/{content_hash(data).hex()}"
+    repo.backend.write(name, data)
+    return name
+
+
+def _sweep(
+    repo: Repository, grace: timedelta, report: PruneReport, say: Callable[[str], None]
+) -> None:
+    records = sorted(info.name for info in repo.backend.list("garbage/"))
+    if not records:
+        return
+    now = repo.clock.now()
+    backups = [lk for lk in list_locks(repo) if lk.kind == "backup"]
+    ready: list[tuple[str, list[str]]] = []
+    for name in records:
+        try:
+            doc = repo.unseal(FileKind.GARBAGE, repo.backend.read(name), name)
+            created = datetime.fromisoformat(doc["created"])
+            packs = [str(p) for p in doc["packs"]]
+        except ObjectNotFoundError:
+            continue
+        except (IntegrityError, KeyError, TypeError, ValueError) as e:
+            # A record is only a list of candidates: without it, the packs are found again
+            # as orphans by a later prune. Deleting a damaged one loses nothing.
+            log.warning("garbage record %s is unreadable (%s); removing it", name, e)
+            with contextlib.suppress(ObjectNotFoundError):
+                repo.backend.delete(name)
+            continue
+        if now - created < grace or any(lk.created <= created for lk in backups):
+            report.records_waiting += 1
+            continue
+        ready.append((name, packs))
+    if not ready:
+        return
+    say(f"sweeping {sum(len(p) for _, p in ready)} packs")
+    repo.sync_index()
+    indexed = set(repo.index.packs())
+    used = _used_ids(repo, _read_all_snapshots(repo))
+    for name, packs in ready:
+        for pname in packs:
+            parsed = parse_pack_name(pname)
+            if parsed is None:
+                continue
+            kind, pid = parsed
+            if pid in indexed:
+                continue
+            if _still_needed(repo, kind, pid, used):
+                report.packs_reindexed += 1
+                indexed.add(pid)
+                continue
+            try:
+                size = repo.backend.stat(pname).size
+                repo.backend.delete(pname)
+            except ObjectNotFoundError:
+                continue
+            report.packs_deleted += 1
+            report.bytes_freed += size
+        with contextlib.suppress(ObjectNotFoundError):
+            repo.backend.delete(name)
+
+
+def _still_needed(repo: Repository, kind: BlobKind, pid: bytes, used: set[bytes]) -> bool:
+    """Re-index a condemned pack if a restore point committed since the mark needs it."""
+    try:
+        table = repo.read_pack_table(kind, pid)
+    except ObjectNotFoundError:
+        return False
+    except IntegrityError as e:
+        log.warning("condemned pack %s is damaged (%s); deleting it", pid.hex()[:16], e)
+        return False
+    needed = repo.index.missing(e.id for e in table if e.id in used)
+    if not needed:
+        return False
+    repo.write_index([PackEntries(pid, kind, table)])
+    return True

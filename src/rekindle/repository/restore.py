@@ -1,0 +1,312 @@
+"""Restore: recreate a restore point's files below a target directory.
+
+Safety rules this module must never break:
+- Nothing is written outside the target. Every directory is opened relative to its parent's
+  file descriptor with O_NOFOLLOW, every name is checked (`format.tree.safe_name`), and
+  duplicate names in a tree are refused. A symlink in the destination (planted or restored)
+  is therefore never followed.
+- Every chunk is authenticated and re-hashed before a byte of it is written (Repository
+  .read_blob). A damaged chunk fails its file, which is reported; the others are restored.
+
+The walk runs on the main thread and creates every name (so names exist in a deterministic
+order); file contents are written by worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from rekindle.core.errors import IntegrityError, ObjectNotFoundError, RekindleError, UsageError
+from rekindle.format.registry import NodeType
+from rekindle.format.snapshot import Snapshot
+from rekindle.format.tree import Node, safe_name
+from rekindle.repository.repo import Repository
+
+MAX_INFLIGHT = 256
+IS_ROOT = os.geteuid() == 0
+
+
+class Existing(StrEnum):
+    """What to do with a file that already exists at the destination."""
+
+    OVERWRITE = "overwrite"
+    SKIP = "skip"
+    RENAME = "rename"  # keep both: the restored file gets a ".restored-N" suffix
+
+
+@dataclass
+class RestoreStats:
+    files: int = 0
+    dirs: int = 0
+    bytes_written: int = 0
+    bytes_total: int = 0
+    skipped: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+@dataclass
+class RestoreOptions:
+    includes: list[str] = field(default_factory=list)
+    existing: Existing = Existing.OVERWRITE
+    workers: int = 3
+    restore_owner: bool = IS_ROOT
+
+
+def _norm_include(p: str) -> str:
+    parts = [x for x in p.strip().split("/") if x not in ("", ".")]
+    if ".." in parts:
+        raise UsageError(f"include path {p!r} may not contain '..'")
+    return "/".join(parts)
+
+
+class Restorer:
+    def __init__(
+        self,
+        repo: Repository,
+        snapshot: Snapshot,
+        target: Path,
+        options: RestoreOptions | None = None,
+        progress: Callable[[RestoreStats], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.snapshot = snapshot
+        self.target = target
+        self.opts = options or RestoreOptions()
+        self.stats = RestoreStats()
+        self._includes = [_norm_include(p) for p in self.opts.includes]
+        self._slots = threading.BoundedSemaphore(MAX_INFLIGHT)
+        self._links: dict[tuple[int, int], bytes] = {}  # (device, inode) -> path from root
+        self._futures: list[Future[None]] = []
+        self._progress = progress
+
+    # -- selection -----------------------------------------------------------------------------
+    def _wanted(self, rel: str) -> tuple[bool, bool]:
+        """(restore this node fully, descend into it to reach an included path)."""
+        if not self._includes:
+            return True, True
+        for inc in self._includes:
+            if rel == inc or rel.startswith(inc + "/"):
+                return True, True
+        return False, any(inc.startswith(rel + "/") for inc in self._includes)
+
+    # -- top level -----------------------------------------------------------------------------
+    def run(self) -> RestoreStats:
+        self.target.mkdir(parents=True, exist_ok=True)
+        root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
+        self._root_fd = root_fd
+        try:
+            with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="restore") as pool:
+                self._pool = pool
+                nodes = self.repo.load_tree(self.snapshot.tree)
+                self._restore_dir(nodes, root_fd, b"", "", full=not self._includes)
+                for f in self._futures:
+                    f.result()
+        finally:
+            os.close(root_fd)
+        return self.stats
+
+    def _error(self, path: bytes | str, reason: str) -> None:
+        p = os.fsdecode(path) if isinstance(path, bytes) else path
+        with self.stats.lock:
+            self.stats.errors.append((p, reason))
+
+    def _restore_dir(
+        self, nodes: list[Node], dir_fd: int, relb: bytes, rel: str, *, full: bool
+    ) -> None:
+        seen: set[bytes] = set()
+        for node in nodes:
+            name = node.name
+            child_relb = relb + b"/" + name if relb else name
+            if not safe_name(name):
+                self._error(child_relb, "unsafe name in restore point: not restored")
+                continue
+            if name in seen:
+                self._error(child_relb, "duplicate name in restore point: not restored")
+                continue
+            seen.add(name)
+            child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+            restore_all, descend = (True, True) if full else self._wanted(child_rel)
+            if not restore_all and not (descend and node.type is NodeType.DIR):
+                continue
+            try:
+                if node.type is NodeType.DIR:
+                    self._dir(node, dir_fd, child_relb, child_rel, full=restore_all)
+                elif node.type is NodeType.FILE:
+                    self._file(node, dir_fd, child_relb)
+                elif node.type is NodeType.SYMLINK:
+                    self._symlink(node, dir_fd)
+                elif node.type in (NodeType.FIFO, NodeType.CHARDEV, NodeType.BLOCKDEV):
+                    self._special(node, dir_fd)
+                else:
+                    continue  # sockets are recorded, never restored
+            except (OSError, RekindleError) as e:
+                self._error(child_relb, _reason(e))
+
+    def _dir(self, node: Node, parent_fd: int, relb: bytes, rel: str, *, full: bool) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(node.name, 0o700, dir_fd=parent_fd)
+        # O_NOFOLLOW: an existing symlink at this name fails here instead of being followed.
+        fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        try:
+            with self.stats.lock:
+                self.stats.dirs += 1
+            children = self.repo.load_tree(node.subtree) if node.subtree else []
+            self._restore_dir(children, fd, relb, rel, full=full)
+            if full:
+                self._set_meta(fd, node)
+        finally:
+            os.close(fd)
+
+    def _open_new(self, node: Node, dir_fd: int, relb: bytes) -> tuple[int, bytes] | None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        name = node.name
+        try:
+            return os.open(name, flags, 0o600, dir_fd=dir_fd), name
+        except FileExistsError:
+            pass
+        if self.opts.existing is Existing.SKIP:
+            with self.stats.lock:
+                self.stats.skipped += 1
+            return None
+        if self.opts.existing is Existing.RENAME:
+            for n in range(1, 10000):
+                alt = name + b".restored-" + str(n).encode()
+                try:
+                    return os.open(alt, flags, 0o600, dir_fd=dir_fd), alt
+                except FileExistsError:
+                    continue
+            raise OSError(errno.EEXIST, "too many restored copies exist")
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "a directory is in the way")
+        os.unlink(name, dir_fd=dir_fd)
+        return os.open(name, flags, 0o600, dir_fd=dir_fd), name
+
+    def _file(self, node: Node, dir_fd: int, relb: bytes) -> None:
+        if node.nlink and node.nlink > 1 and node.inode is not None and node.device is not None:
+            key = (node.device, node.inode)
+            first = self._links.get(key)
+            if first is not None:
+                os.link(
+                    first,
+                    node.name,
+                    src_dir_fd=self._root_fd,
+                    dst_dir_fd=dir_fd,
+                    follow_symlinks=False,
+                )
+                with self.stats.lock:
+                    self.stats.files += 1
+                return
+        opened = self._open_new(node, dir_fd, relb)
+        if opened is None:
+            return
+        fd, actual = opened
+        if node.nlink and node.nlink > 1 and node.inode is not None and node.device is not None:
+            parent = relb.rsplit(b"/", 1)[0] if b"/" in relb else b""
+            self._links[(node.device, node.inode)] = parent + b"/" + actual if parent else actual
+        with self.stats.lock:
+            self.stats.bytes_total += node.size
+        self._slots.acquire()
+        try:
+            self._futures.append(self._pool.submit(self._write_content, fd, node, relb))
+        except BaseException:
+            self._slots.release()
+            os.close(fd)
+            raise
+
+    def _write_content(self, fd: int, node: Node, relb: bytes) -> None:
+        try:
+            pos = 0
+            for item in node.content:
+                if isinstance(item, int):
+                    pos += item  # a hole: seek over it, it stays sparse
+                    continue
+                data = self.repo.read_blob(item)
+                view = memoryview(data)
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    pos += n
+                    view = view[n:]
+                with self.stats.lock:
+                    self.stats.bytes_written += len(data)
+            if pos != node.size:
+                raise IntegrityError(f"content adds up to {pos} bytes, expected {node.size}")
+            os.ftruncate(fd, node.size)
+            self._set_meta(fd, node)
+            with self.stats.lock:
+                self.stats.files += 1
+            if self._progress is not None:
+                self._progress(self.stats)
+        except (OSError, IntegrityError, ObjectNotFoundError, RekindleError) as e:
+            self._error(relb, _reason(e))
+        finally:
+            os.close(fd)
+            self._slots.release()
+
+    def _symlink(self, node: Node, dir_fd: int) -> None:
+        if node.link_target is None:
+            raise IntegrityError("symlink without target")
+        try:
+            os.symlink(node.link_target, node.name, dir_fd=dir_fd)
+        except FileExistsError:
+            if self.opts.existing is Existing.SKIP:
+                return
+            st = os.stat(node.name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise
+            os.unlink(node.name, dir_fd=dir_fd)
+            os.symlink(node.link_target, node.name, dir_fd=dir_fd)
+        if self.opts.restore_owner:
+            os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _special(self, node: Node, dir_fd: int) -> None:
+        if node.type is NodeType.FIFO:
+            os.mkfifo(node.name, 0o600, dir_fd=dir_fd)
+        else:
+            if not IS_ROOT:
+                raise OSError(errno.EPERM, "device nodes can be restored by root only")
+            kind = stat.S_IFCHR if node.type is NodeType.CHARDEV else stat.S_IFBLK
+            os.mknod(node.name, kind | 0o600, node.rdev or 0, dir_fd=dir_fd)
+        if self.opts.restore_owner:
+            os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.chmod(node.name, node.mode, dir_fd=dir_fd)
+        os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd)
+
+    def _set_meta(self, fd: int, node: Node) -> None:
+        if self.opts.restore_owner:
+            os.fchown(fd, node.uid, node.gid)
+        for key, value in node.xattrs:
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as e:
+                if e.errno not in (errno.ENOTSUP, errno.EPERM):
+                    raise
+        os.fchmod(fd, node.mode)
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e)
+
+
+def restore(
+    repo: Repository,
+    snapshot: Snapshot,
+    target: Path,
+    options: RestoreOptions | None = None,
+    progress: Callable[[RestoreStats], None] | None = None,
+) -> RestoreStats:
+    return Restorer(repo, snapshot, target, options, progress).run()

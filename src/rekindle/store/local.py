@@ -1,0 +1,166 @@
+"""Local-disk backend: one file per object under a root directory.
+
+Writes are crash-safe: the bytes go to a temporary file in the target directory, which is
+fsynced, then linked (exclusive) or renamed (replace) into place, and the directory is
+fsynced, so after a crash an object is either whole or absent. Temporary files start with
+``.tmp-`` and are ignored by `list`; a crash can leave one behind, `clean_temporaries` removes
+those older than an hour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rekindle.core.errors import (
+    NoSpaceError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StorageError,
+)
+from rekindle.store.base import Backend, ObjectInfo, check_name
+
+_TMP = ".tmp-"
+
+
+def _storage_error(e: OSError, what: str) -> StorageError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(f"no space left on the repository's disk while {what}")
+    if e.errno == errno.ENOENT:
+        return ObjectNotFoundError(f"{what}: not found")
+    return StorageError(f"{what}: {e.strerror or e}")
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.location = str(self.root)
+        self._fsync = fsync
+        self._made_dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._made_dirs:
+            return
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _storage_error(e, f"creating {directory}") from None
+        if self._fsync:
+            self._fsync_dir(directory.parent)
+        with self._dirs_lock:
+            self._made_dirs.add(directory)
+
+    def _fsync_dir(self, directory: Path) -> None:
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+        path = self._path(name)
+        self._ensure_dir(path.parent)
+        tmp = path.parent / f"{_TMP}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if exclusive:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise ObjectExistsError(f"{name} already exists") from None
+                finally:
+                    tmp.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise _storage_error(e, f"writing {name}") from None
+        if self._fsync:
+            self._fsync_dir(path.parent)
+
+    def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(name)
+        try:
+            with open(path, "rb") as f:
+                if offset:
+                    f.seek(offset)
+                data = f.read() if length is None else f.read(length)
+        except OSError as e:
+            raise _storage_error(e, f"reading {name}") from None
+        if length is not None and len(data) != length:
+            raise StorageError(f"{name}: short read ({len(data)} of {length} bytes at {offset})")
+        return data
+
+    def stat(self, name: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(name))
+        except OSError as e:
+            raise _storage_error(e, f"stat {name}") from None
+        return ObjectInfo(name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the top directory the prefix names, so listing "data/" skips "index/".
+        top = prefix.split("/", 1)[0] if "/" in prefix else ""
+        start = self.root / top if top else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for fn in sorted(filenames):
+                if fn.startswith(_TMP):
+                    continue
+                rel = fn if rel_dir == "." else f"{rel_dir}/{fn}"
+                if not rel.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, fn))
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield ObjectInfo(rel, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            path.unlink()
+        except OSError as e:
+            raise _storage_error(e, f"deleting {name}") from None
+        if self._fsync:
+            self._fsync_dir(path.parent)
+
+    def clean_temporaries(self, older_than: float = 3600.0) -> int:
+        """Remove temporary files left by crashed writers; returns how many went."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for dirpath, _, filenames in os.walk(self.root):
+            for fn in filenames:
+                p = Path(dirpath) / fn
+                with contextlib.suppress(OSError):
+                    if fn.startswith(_TMP) and p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        removed += 1
+        return removed

@@ -1,0 +1,14 @@
+"""A view of a backend that refuses every change (check, restore, browsing)."""
+
+from __future__ import annotations
+
+from rekindle.core.errors import ReadOnlyError
+from rekindle.store.wrapper import WrappingBackend
+
+
+class ReadOnlyBackend(WrappingBackend):
+    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+        raise ReadOnlyError(f"cannot write {name}: the repository is opened read-only")
+
+    def delete(self, name: str) -> None:
+        raise ReadOnlyError(f"cannot delete {name}: the repository is opened read-only")

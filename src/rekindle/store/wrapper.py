@@ -1,0 +1,31 @@
+"""Base for wrappers: forwards every call to the wrapped backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from rekindle.store.base import Backend, ObjectInfo
+
+
+class WrappingBackend(Backend):
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+
+    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+        self.inner.write(name, data, exclusive=exclusive)
+
+    def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.inner.read(name, offset, length)
+
+    def stat(self, name: str) -> ObjectInfo:
+        return self.inner.stat(name)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, name: str) -> None:
+        self.inner.delete(name)
+
+    def close(self) -> None:
+        self.inner.close()
