@@ -142,39 +142,58 @@ def _as_nobody() -> list[str]:
 
 
 def test_missed_files_exit_3_and_are_listed(cli: Cli, tmp_path: Path) -> None:
-    src = _src(tmp_path)
-    secret = src / "secret"
-    secret.write_text("unreadable")
-    secret.chmod(0)
     prefix: list[str] = []
+    base = tmp_path
     if os.geteuid() == 0:
-        # Root reads everything: run the backup as 'nobody' so permissions apply.
+        # Root reads everything: run the backup as 'nobody' so permissions apply. pytest keeps
+        # its base directory private (and resets its mode when another worker starts), so
+        # this test works in a directory of its own that 'nobody' can reach.
         prefix = _as_nobody()
-        # pytest's base directory is private to root: let 'nobody' traverse it (only).
-        for parent in tmp_path.parents:
-            if parent == Path(tempfile.gettempdir()):
-                break
-            parent.chmod(parent.stat().st_mode | 0o011)
-        for d in (tmp_path, src, src / "dir"):
-            d.chmod(0o777)
-        for f in (src / "dir" / "a.txt", src / "b.bin", src / "empty"):
-            f.chmod(0o644)
-    cli.run("repo", "init")
-    if prefix:
-        subprocess.run(["chmod", "-R", "a+rwX", str(cli.repo), str(tmp_path / "cache")], check=True)
-    p = subprocess.run(
-        [*prefix, REKINDLE, "repo", "backup", "--json", "."],
-        cwd=src,
-        env=cli.env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert p.returncode == 3, p.stderr
-    assert f"missed: {secret}" in p.stderr
-    summary = json.loads(p.stdout.strip().splitlines()[-1])
-    assert summary["missed"] == 1
-    assert summary["files_new"] == 3
+        base = Path(tempfile.mkdtemp(prefix="rekindle-missed-"))
+        base.chmod(0o777)
+    try:
+        env = {
+            **cli.env,
+            "REKINDLE_REPO": str(base / "repo"),
+            "REKINDLE_CACHE_DIR": str(base / "cache"),
+        }
+        src = _src(base)
+        secret = src / "secret"
+        secret.write_text("unreadable")
+        secret.chmod(0)
+        cli.run("repo", "init", env=env)
+        if prefix:
+            subprocess.run(
+                [
+                    "chmod",
+                    "-R",
+                    "a+rwX",
+                    str(base / "repo"),
+                    str(base / "cache"),
+                    str(src / "dir"),
+                    str(src / "b.bin"),
+                    str(src / "empty"),
+                    str(src),
+                ],
+                check=True,
+            )
+            secret.chmod(0)
+        p = subprocess.run(
+            [*prefix, REKINDLE, "repo", "backup", "--json", "."],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert p.returncode == 3, p.stderr
+        assert f"missed: {secret}" in p.stderr
+        summary = json.loads(p.stdout.strip().splitlines()[-1])
+        assert summary["missed"] == 1
+        assert summary["files_new"] == 3
+    finally:
+        if base != tmp_path:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_full_disk_is_a_clear_error_and_the_repository_survives(cli: Cli, tmp_path: Path) -> None:

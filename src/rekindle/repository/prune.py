@@ -38,6 +38,8 @@ REPACK_BELOW = 0.5
 PACKS_PER_INDEX = 2000
 #: Prune conflicts with these operations (see the table in locks.py).
 PRUNE_CONFLICTS = frozenset({"prune", "check", "repair"})
+#: Name of the temporary local-index entry that shows condemned packs during a sweep.
+_SWEEP_VIEW = "sweep/condemned-packs"
 
 
 @dataclass
@@ -109,15 +111,20 @@ def prune(
     with Lock(repo, "prune", conflicts=PRUNE_CONFLICTS):
         _sweep(repo, grace, report, say)
         say("reading the index and restore points")
+        # Restore points first, index second: a backup writes its index files before its
+        # restore point, so every restore point read here finds its blobs in the index.
+        snaps = _read_all_snapshots(repo)
+        report.snapshots = len(snaps)
         repo.sync_index()
         if repo.damaged_index_files:
             raise DamageFoundError(
                 f"{len(repo.damaged_index_files)} index file(s) are damaged; run "
                 "'rekindle repo repair' before pruning"
             )
-        snaps = _read_all_snapshots(repo)
-        report.snapshots = len(snaps)
-        used = _used_ids(repo, snaps)
+        # A backup that ran during an earlier prune may use blobs of packs that wait in a
+        # garbage record; keep those packs (index them again) before judging anything.
+        pending = [p for _, packs in _garbage_records(repo) for p in packs]
+        used = _reach_keeping_needed(repo, snaps, _condemned_tables(repo, pending), report)
         old_index = sorted(repo.index_file_names())
 
         by_pack: dict[bytes, list[BlobEntry]] = {}
@@ -182,9 +189,9 @@ def prune(
                 repo.backend.delete(name)
         repo.sync_index()
 
-        orphans = _orphans(repo, set(repo.index.packs()), grace)
-        report.packs_orphaned = len(orphans)
         condemned = [pack_name(by_pack[pid][0].kind, pid) for pid in unused + repack]
+        orphans = _orphans(repo, set(repo.index.packs()) | set(unused) | set(repack), grace)
+        report.packs_orphaned = len(orphans)
         condemned += orphans
         if condemned:
             _write_garbage(repo, condemned)
@@ -219,20 +226,14 @@ def _write_garbage(repo: Repository, packs: list[str]) -> str:
     return name
 
 
-def _sweep(
-    repo: Repository, grace: timedelta, report: PruneReport, say: Callable[[str], None]
-) -> None:
-    records = sorted(info.name for info in repo.backend.list("garbage/"))
-    if not records:
-        return
-    now = repo.clock.now()
-    backups = [lk for lk in list_locks(repo) if lk.kind == "backup"]
-    ready: list[tuple[str, list[str]]] = []
-    for name in records:
+def _garbage_records(repo: Repository) -> list[tuple[str, list[str]]]:
+    """Every readable garbage record as (name, pack names); damaged ones are removed."""
+    out = []
+    for name in sorted(info.name for info in repo.backend.list("garbage/")):
         try:
             doc = repo.unseal(FileKind.GARBAGE, repo.backend.read(name), name)
-            created = datetime.fromisoformat(doc["created"])
-            packs = [str(p) for p in doc["packs"]]
+            datetime.fromisoformat(doc["created"])
+            out.append((name, [str(p) for p in doc["packs"]]))
         except ObjectNotFoundError:
             continue
         except (IntegrityError, KeyError, TypeError, ValueError) as e:
@@ -241,6 +242,73 @@ def _sweep(
             log.warning("garbage record %s is unreadable (%s); removing it", name, e)
             with contextlib.suppress(ObjectNotFoundError):
                 repo.backend.delete(name)
+    return out
+
+
+def _record_created(repo: Repository, name: str) -> datetime | None:
+    try:
+        doc = repo.unseal(FileKind.GARBAGE, repo.backend.read(name), name)
+        return datetime.fromisoformat(doc["created"])
+    except (RekindleError, KeyError, TypeError, ValueError):
+        return None
+
+
+Tables = dict[str, tuple[BlobKind, bytes, list[BlobEntry]]]
+
+
+def _condemned_tables(repo: Repository, pack_names: list[str]) -> Tables:
+    """Blob tables of the condemned packs that still exist and no index file names."""
+    indexed = set(repo.index.packs())
+    tables: Tables = {}
+    for pname in pack_names:
+        parsed = parse_pack_name(pname)
+        if parsed is None or parsed[1] in indexed or pname in tables:
+            continue
+        try:
+            table = repo.read_pack_table(*parsed)
+        except ObjectNotFoundError:
+            continue  # swept by an earlier, interrupted run
+        except IntegrityError as e:
+            log.warning("condemned pack %s is damaged (%s)", pname, e)
+            table = []
+        tables[pname] = (parsed[0], parsed[1], table)
+    return tables
+
+
+def _reach_keeping_needed(
+    repo: Repository, snaps: list[Snapshot], tables: Tables, report: PruneReport
+) -> set[bytes]:
+    """The blobs `snaps` use. Condemned packs holding a used blob that no index file offers
+    are indexed again (and dropped from `tables`): a restore point committed since the mark
+    needs them. The walk sees condemned packs through a temporary entry in the local index
+    cache (never written to the backend), since trees may live there too."""
+    unavailable = repo.index.missing(e.id for _, _, t in tables.values() for e in t)
+    repo.index.add_file(_SWEEP_VIEW, ((pid, t) for _, pid, t in tables.values()))
+    try:
+        used = _used_ids(repo, snaps)
+    finally:
+        repo.index.drop_files([_SWEEP_VIEW])
+    for pname, (kind, pid, table) in list(tables.items()):
+        if any(e.id in used and e.id in unavailable for e in table):
+            repo.write_index([PackEntries(pid, kind, table)])
+            unavailable.difference_update(e.id for e in table)
+            report.packs_reindexed += 1
+            del tables[pname]
+    return used
+
+
+def _sweep(
+    repo: Repository, grace: timedelta, report: PruneReport, say: Callable[[str], None]
+) -> None:
+    records = _garbage_records(repo)
+    if not records:
+        return
+    now = repo.clock.now()
+    backups = [lk for lk in list_locks(repo) if lk.kind == "backup"]
+    ready: list[tuple[str, list[str]]] = []
+    for name, packs in records:
+        created = _record_created(repo, name)
+        if created is None:
             continue
         if now - created < grace or any(lk.created <= created for lk in backups):
             report.records_waiting += 1
@@ -249,21 +317,21 @@ def _sweep(
     if not ready:
         return
     say(f"sweeping {sum(len(p) for _, p in ready)} packs")
+    snaps = _read_all_snapshots(repo)
     repo.sync_index()
-    indexed = set(repo.index.packs())
-    used = _used_ids(repo, _read_all_snapshots(repo))
+    # The walk must see every condemned pack, also those of records still waiting: a
+    # restore point may use trees and blobs from packs of several records.
+    tables = _condemned_tables(repo, [p for _, packs in records for p in packs])
+    _reach_keeping_needed(repo, snaps, tables, report)
+    # A pack indexed again after its first record and condemned again later is named by a
+    # newer record too; only that record's conditions tell whether it is free.
+    ready_names = {name for name, _ in ready}
+    waiting = {p for name, packs in records if name not in ready_names for p in packs}
     for name, packs in ready:
         for pname in packs:
-            parsed = parse_pack_name(pname)
-            if parsed is None:
-                continue
-            kind, pid = parsed
-            if pid in indexed:
-                continue
-            if _still_needed(repo, kind, pid, used):
-                report.packs_reindexed += 1
-                indexed.add(pid)
-                continue
+            if pname not in tables or pname in waiting:
+                continue  # indexed (again), gone already, or still waiting
+            del tables[pname]
             try:
                 size = repo.backend.stat(pname).size
                 repo.backend.delete(pname)
@@ -273,19 +341,3 @@ def _sweep(
             report.bytes_freed += size
         with contextlib.suppress(ObjectNotFoundError):
             repo.backend.delete(name)
-
-
-def _still_needed(repo: Repository, kind: BlobKind, pid: bytes, used: set[bytes]) -> bool:
-    """Re-index a condemned pack if a restore point committed since the mark needs it."""
-    try:
-        table = repo.read_pack_table(kind, pid)
-    except ObjectNotFoundError:
-        return False
-    except IntegrityError as e:
-        log.warning("condemned pack %s is damaged (%s); deleting it", pid.hex()[:16], e)
-        return False
-    needed = repo.index.missing(e.id for e in table if e.id in used)
-    if not needed:
-        return False
-    repo.write_index([PackEntries(pid, kind, table)])
-    return True

@@ -65,9 +65,9 @@ def repair_index(repo: Repository, *, read_data: bool = False) -> RepairReport:
                     report.packs_indexed += 1
                     report.blobs_indexed += len(table)
         superseded = [bytes.fromhex(n.split("/", 1)[1]) for n in old]
+        new: set[str] = set()
         for i in range(0, len(rebuilt), PACKS_PER_INDEX):
-            repo.write_index(rebuilt[i : i + PACKS_PER_INDEX], supersedes=superseded)
-        new = set(repo.index_file_names())
+            new.add(repo.write_index(rebuilt[i : i + PACKS_PER_INDEX], supersedes=superseded))
         for name in old:
             if name in new:
                 continue  # an identical index file was written again
