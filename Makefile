@@ -36,7 +36,7 @@ unit: $(STAMP)
 
 ## soak: long crash-injection loops (hundreds of kill -9 runs)
 soak: $(STAMP)
-	REKINDLE_SOAK_KILLS=300 $(BIN)/pytest -q -m soak tests
+	REKINDLE_SOAK_KILLS=300 $(BIN)/pytest -q -p no:cacheprovider --timeout 7200 tests/e2e/test_crash.py
 
 ## bench: Rekindle vs restic vs Borg on the shared dataset (installs restic and Borg)
 bench: $(STAMP)

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from rekindle.core.errors import RekindleError, UsageError
 from rekindle.repository.repo import Repository, Secret, default_cache_root
@@ -23,6 +23,7 @@ class Context:
     repo: str | None = None
     password_file: Path | None = None
     key_file: Path | None = None
+    limit_kib: int | None = None
     cache_dir: Path | None = None
     no_cache: bool = False
 
@@ -33,7 +34,7 @@ CTX = Context()
 def open_location(location: str) -> Backend:
     from rekindle.store.location import open_backend
 
-    return open_backend(location)
+    return open_backend(location, bandwidth=CTX.limit_kib * 1024 if CTX.limit_kib else None)
 
 
 def repo_location() -> str:
@@ -48,7 +49,17 @@ def _read_secret_file(path: Path, what: str) -> bytes:
         data = path.read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read {what} file {path}: {e.strerror}") from None
-    return data.rstrip(b"\r\n")
+    return data
+
+
+def _key_from_file(path: Path) -> Secret:
+    raw = _read_secret_file(path, "key")
+    # 32 bytes exactly: a raw key (which may well end in a newline byte); else hex digits.
+    return Secret(operator_key=raw if len(raw) == 32 else _hex_key(raw))
+
+
+def _password_from_file(path: Path) -> Secret:
+    return Secret(passphrase=_read_secret_file(path, "password").rstrip(b"\r\n"))
 
 
 def read_secret(
@@ -56,17 +67,28 @@ def read_secret(
     password_file: Path | None = None,
     key_file: Path | None = None,
     env: str = "REKINDLE_PASSWORD",
+    flag: str = "--password-file",
     prompt: str = "Repository password: ",
     confirm: bool = False,
 ) -> Secret:
-    key_path = key_file or CTX.key_file or _env_path("REKINDLE_KEY_FILE")
-    if key_path is not None and env == "REKINDLE_PASSWORD":
-        raw = _read_secret_file(key_path, "key")
-        key = raw if len(raw) == 32 else _hex_key(raw)
-        return Secret(operator_key=key)
-    pw_path = password_file or (CTX.password_file if env == "REKINDLE_PASSWORD" else None)
+    """The secret, from (in this order) options, the environment, or a terminal prompt.
+
+    For the repository's own secret (env REKINDLE_PASSWORD) the options are the group's
+    --key-file and --password-file and the environment adds REKINDLE_KEY_FILE and
+    REKINDLE_PASSWORD_FILE; other secrets (of a second repository, or a new password) use
+    their own option and `env`, `env`_FILE.
+    """
+    main = env == "REKINDLE_PASSWORD"
+    key_path = key_file or (CTX.key_file if main else None)
+    if key_path is not None:
+        return _key_from_file(key_path)
+    pw_path = password_file or (CTX.password_file if main else None)
     if pw_path is not None:
-        return Secret(passphrase=_read_secret_file(pw_path, "password"))
+        return _password_from_file(pw_path)
+    if main and (env_key := _env_path("REKINDLE_KEY_FILE")) is not None:
+        return _key_from_file(env_key)
+    if (env_file := _env_path(f"{env}_FILE")) is not None:
+        return _password_from_file(env_file)
     value = os.environ.get(env)
     if value is not None:
         return Secret(passphrase=value.encode())
@@ -77,7 +99,7 @@ def read_secret(
         if confirm and getpass.getpass("Repeat it: ") != first:
             raise UsageError("the passwords do not match")
         return Secret(passphrase=first.encode())
-    raise UsageError(f"no password: set {env} or use --password-file")
+    raise UsageError(f"no password: set {env} or {env}_FILE, or use {flag}")
 
 
 def _env_path(name: str) -> Path | None:
@@ -101,19 +123,23 @@ def cache_root() -> Path | None:
     return CTX.cache_dir or default_cache_root()
 
 
-def open_repo() -> Repository:
+def open_repo(*, secret: Secret | None = None, read_only: bool = False) -> Repository:
+    """Open the repository of --repo/REKINDLE_REPO. The config is read before the secret,
+    so a location that is no repository (or a newer format) fails before any prompt."""
+    from rekindle.repository.repo import read_config
+
     backend = open_location(repo_location())
-    return Repository.open(backend, read_secret(), cache_root=cache_root())
+    if read_only:
+        from rekindle.store.readonly import ReadOnlyBackend
+
+        backend = ReadOnlyBackend(backend)
+    read_config(backend)
+    return Repository.open(backend, secret or read_secret(), cache_root=cache_root())
 
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    sys.stderr.write(f"rekindle: {message}\n")
-    raise SystemExit(code)
 
 
 def human_bytes(n: float) -> str:
@@ -124,4 +150,4 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-__all__ = ["CTX", "RekindleError", "fail", "human_bytes", "open_repo", "print_json"]
+__all__ = ["CTX", "RekindleError", "human_bytes", "open_repo", "print_json"]

@@ -28,7 +28,7 @@ from rekindle.cli.common import (
     read_secret,
     repo_location,
 )
-from rekindle.core.errors import DamageFoundError, ExitCode, UsageError
+from rekindle.core.errors import DamageFoundError, ExitCode, RekindleError, UsageError
 from rekindle.repository.repo import Repository
 
 app = typer.Typer(
@@ -52,33 +52,43 @@ def repo_options(
         typer.Option(
             "--repo",
             "-r",
-            help="Repository: a directory or s3://bucket/prefix [env REKINDLE_REPO]",
+            help="Repository: a directory or s3://bucket/prefix (env REKINDLE_REPO)",
         ),
     ] = None,
     password_file: Annotated[
         Path | None,
         typer.Option(
             "--password-file",
-            help="Read the password from this file [env REKINDLE_PASSWORD]",
+            help="Read the password from this file (env REKINDLE_PASSWORD_FILE; or the "
+            "password itself in REKINDLE_PASSWORD)",
         ),
     ] = None,
     key_file: Annotated[
         Path | None,
         typer.Option(
             "--key-file",
-            help="Operator key file (32 bytes or 64 hex) [env REKINDLE_KEY_FILE]",
+            help="Operator key file (32 bytes or 64 hex) (env REKINDLE_KEY_FILE)",
         ),
     ] = None,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
             "--cache-dir",
-            help="Local cache directory [env REKINDLE_CACHE_DIR]",
+            help="Local cache directory (env REKINDLE_CACHE_DIR)",
         ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Keep no local cache.")] = False,
+    limit_kib: Annotated[
+        int | None,
+        typer.Option(
+            "--limit-kib",
+            min=1,
+            help="Cap repository traffic (uploads and downloads together) at this many KiB/s.",
+        ),
+    ] = None,
 ) -> None:
     CTX.repo, CTX.password_file, CTX.key_file = repo, password_file, key_file
+    CTX.limit_kib = limit_kib
     CTX.cache_dir, CTX.no_cache = cache_dir, no_cache
 
 
@@ -93,7 +103,7 @@ def init(
     from_password_file: Annotated[
         Path | None,
         typer.Option(
-            help="Password of --copy-keys-from [env REKINDLE_FROM_PASSWORD]",
+            help="Password of --copy-keys-from (env REKINDLE_FROM_PASSWORD)",
         ),
     ] = None,
     pack_size_mib: Annotated[int | None, typer.Option(help="Target pack size in MiB.")] = None,
@@ -106,7 +116,11 @@ def init(
     if copy_keys_from:
         source = Repository.open(
             open_location(copy_keys_from),
-            read_secret(password_file=from_password_file, env="REKINDLE_FROM_PASSWORD"),
+            read_secret(
+                password_file=from_password_file,
+                env="REKINDLE_FROM_PASSWORD",
+                flag="--from-password-file",
+            ),
             cache_root=None,
         )
     repo = Repository.init(
@@ -220,7 +234,7 @@ def restore(
     except ValueError:
         raise UsageError("--existing must be overwrite, skip or rename") from None
     started = time.monotonic()
-    with open_repo() as repo:
+    with open_repo(read_only=True) as repo:
         snap = repo.find_snapshot(snapshot, host=host)
         restorer = Restorer(
             repo, snap, target, RestoreOptions(includes=list(include or []), existing=mode)
@@ -247,7 +261,10 @@ def restore(
             f"{snap.id[:8]} to {target}"
         )
     if stats.errors:
-        raise DamageFoundError(f"{len(stats.errors)} item(s) could not be restored (listed above)")
+        message = f"{len(stats.errors)} item(s) could not be restored (listed above)"
+        if stats.damaged:
+            raise DamageFoundError(message)
+        raise RekindleError(message)
 
 
 @app.command()
@@ -256,7 +273,7 @@ def snapshots(
     json_: JsonOpt = False,
 ) -> None:
     """List restore points, oldest first."""
-    with open_repo() as repo:
+    with open_repo(read_only=True) as repo:
         snaps = [s for s in repo.snapshots() if host is None or s.host == host]
     if json_:
         print_json(
@@ -299,7 +316,7 @@ def ls(
     """List the files of a restore point."""
     from rekindle.repository.browse import walk
 
-    with open_repo() as repo:
+    with open_repo(read_only=True) as repo:
         snap = repo.find_snapshot(snapshot)
         for p, node in walk(repo, snap, path):
             if json_:
@@ -324,7 +341,7 @@ def find(
     """Find files in every restore point."""
     from rekindle.repository.browse import find as run_find
 
-    with open_repo() as repo:
+    with open_repo(read_only=True) as repo:
         for snap in repo.snapshots():
             for p, node in run_find(repo, snap, pattern):
                 if json_:
@@ -339,10 +356,13 @@ def diff(
     second: Annotated[str, typer.Argument(help="Newer restore point.")],
     json_: JsonOpt = False,
 ) -> None:
-    """Show what changed between two restore points (+ added, - removed, M modified)."""
+    """Show what changed between two restore points.
+
+    + added, - removed, M content modified, U metadata only (mode, owner, times), T type changed.
+    """
     from rekindle.repository.browse import diff as run_diff
 
-    with open_repo() as repo:
+    with open_repo(read_only=True) as repo:
         a, b = repo.find_snapshot(first), repo.find_snapshot(second)
         for change in run_diff(repo, a, b):
             if json_:
@@ -356,7 +376,7 @@ def stats(json_: JsonOpt = False) -> None:
     """Repository size: raw, after deduplication and compression, and the ratio."""
     from rekindle.repository.browse import repo_stats
 
-    with open_repo() as repo:
+    with open_repo(read_only=True) as repo:
         st = repo_stats(repo)
     if json_:
         print_json(st.as_dict())
@@ -442,6 +462,21 @@ def forget(
     from rekindle.repository.forget import forget_ids
     from rekindle.repository.retention import RetentionPolicy, parse_duration
 
+    rules_given = any(
+        v
+        for v in (
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            keep_tag,
+        )
+    )
+    if ids and rules_given:
+        raise UsageError("give restore point ids or --keep-* rules, not both")
     with open_repo() as repo:
         if ids:
             removed = [s.id for s in (repo.find_snapshot(i) for i in ids)]
@@ -510,7 +545,7 @@ def prune(
 def copy(
     to: Annotated[str, typer.Option("--to", help="Destination repository location.")],
     to_password_file: Annotated[
-        Path | None, typer.Option(help="Password of the destination [env REKINDLE_TO_PASSWORD]")
+        Path | None, typer.Option(help="Password of the destination (env REKINDLE_TO_PASSWORD)")
     ] = None,
     ids: Annotated[list[str] | None, typer.Argument(help="Restore points (default all).")] = None,
 ) -> None:
@@ -520,7 +555,11 @@ def copy(
     with open_repo() as src:
         dst = Repository.open(
             open_location(to),
-            read_secret(password_file=to_password_file, env="REKINDLE_TO_PASSWORD"),
+            read_secret(
+                password_file=to_password_file,
+                env="REKINDLE_TO_PASSWORD",
+                flag="--to-password-file",
+            ),
             cache_root=cache_root(),
         )
         with dst:
@@ -546,7 +585,7 @@ def unlock(
 @key_app.command("list")
 def key_list(json_: JsonOpt = False) -> None:
     """List the key files."""
-    with open_repo() as repo:
+    with open_repo(read_only=True) as repo:
         rows = [
             {
                 "id": name.split("/", 1)[1],
@@ -581,7 +620,7 @@ def _new_secret(new_password_file: Path | None, new_key_file: Path | None) -> ob
 @key_app.command("add")
 def key_add(
     new_password_file: Annotated[
-        Path | None, typer.Option(help="File holding the new password [env REKINDLE_NEW_PASSWORD]")
+        Path | None, typer.Option(help="File holding the new password (env REKINDLE_NEW_PASSWORD)")
     ] = None,
     new_key_file: Annotated[
         Path | None,
@@ -594,7 +633,9 @@ def key_add(
 
     new = _new_secret(new_password_file, new_key_file)
     assert isinstance(new, Secret)  # noqa: S101 - narrowing for the type checker
-    with open_repo() as repo:
+    from rekindle.repository.locks import Lock
+
+    with open_repo() as repo, Lock(repo, "key", exclusive=True):
         name = repo.add_key(new, label)
     out.print(f"added key {name.split('/', 1)[1][:12]}")
 
@@ -602,15 +643,18 @@ def key_add(
 @key_app.command("remove")
 def key_remove(key_id: Annotated[str, typer.Argument(help="Key id (prefix).")]) -> None:
     """Remove a key file (never the last one, nor the only one your password opens)."""
-    with open_repo() as repo:
-        name = repo.remove_key(key_id, current=read_secret())
+    from rekindle.repository.locks import Lock
+
+    current = read_secret()
+    with open_repo(secret=current) as repo, Lock(repo, "key", exclusive=True):
+        name = repo.remove_key(key_id, current=current)
     out.print(f"removed key {name.split('/', 1)[1][:12]}")
 
 
 @key_app.command("passwd")
 def key_passwd(
     new_password_file: Annotated[
-        Path | None, typer.Option(help="File holding the new password [env REKINDLE_NEW_PASSWORD]")
+        Path | None, typer.Option(help="File holding the new password (env REKINDLE_NEW_PASSWORD)")
     ] = None,
 ) -> None:
     """Change the password: add a key with the new one, then remove the current one."""
@@ -619,7 +663,9 @@ def key_passwd(
     current = read_secret()
     new = _new_secret(new_password_file, None)
     assert isinstance(new, Secret)  # noqa: S101 - narrowing for the type checker
-    with open_repo() as repo:
+    from rekindle.repository.locks import Lock
+
+    with open_repo(secret=current) as repo, Lock(repo, "key", exclusive=True):
         mine = [n for n, kf in repo.key_files() if _opens_with(repo, n, current)]
         added = repo.add_key(new)
         for name in mine:

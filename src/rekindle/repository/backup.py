@@ -494,14 +494,15 @@ class Archiver:
             while len(self._frames) > 1:
                 self._finalize(self._frames.popleft())
             return self._finalize(self._frames.popleft())
-        return self._build_virtual(layout.tree, b"", "")
+        return self._build_virtual(layout.tree, layout.origin, "")
 
     def _build_virtual(self, tree: dict[bytes, object], base: bytes, rel: str) -> list[bytes]:
-        """Root and intermediate directories of absolute paths: metadata from the real dirs."""
+        """Top and intermediate directories of the given paths: metadata from the real dirs.
+        `base` is the directory on disk that `tree`'s names lie in."""
         nodes: list[Node] = []
-        holder = _Frame(base or b"/", None, nodes, [], {})
+        holder = _Frame(base, None, nodes, [], {})
         for name, sub in sorted(tree.items()):
-            real = (base or b"") + b"/" + name
+            real = os.path.join(base, name)
             child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
             try:
                 st = os.lstat(real)
@@ -526,7 +527,7 @@ class Archiver:
                 with self.stats.lock:
                     self.stats.files_new += 1
             except OSError as e:
-                self._miss((base or b"") + b"/" + node.name, e)
+                self._miss(os.path.join(base, node.name), e)
                 nodes.remove(node)
         return self.store_tree(nodes)
 
@@ -550,6 +551,8 @@ class PathLayout:
     root_dir: bytes | None  # set when the backup root is one directory ('.')
     tree: dict[bytes, object]  # otherwise: nested components; leaves map to the path bytes
     leaves: list[tuple[str, bytes]]
+    #: Where the tree's top level lies on disk: '/' for absolute paths, else the cwd.
+    origin: bytes = b"/"
 
 
 def plan_paths(paths: list[str], cwd: str) -> PathLayout:
@@ -559,6 +562,13 @@ def plan_paths(paths: list[str], cwd: str) -> PathLayout:
     leaves: list[tuple[str, bytes]] = []
     tree: dict[bytes, object] = {}
     root_dir: bytes | None = None
+    kinds = {os.path.isabs(p) for p in paths}
+    if len(kinds) > 1:
+        raise UsageError(
+            "give all backup paths absolute or all relative to the current directory, "
+            "not a mix (they would collide in the restore point's tree)"
+        )
+    origin = b"/" if kinds == {True} else os.fsencode(os.path.normpath(cwd))
     for p in paths:
         if ".." in Path(p).parts:
             raise UsageError(f"path {p!r} contains '..': give it as an absolute path")
@@ -585,7 +595,7 @@ def plan_paths(paths: list[str], cwd: str) -> PathLayout:
             raise UsageError(f"path {p!r} is given twice or contains another backup path")
         node[parts[-1]] = os.fsencode(absolute)
         leaves.append((rel, os.fsencode(absolute)))
-    return PathLayout(root_dir, tree, leaves)
+    return PathLayout(root_dir, tree, leaves, origin)
 
 
 def _user() -> str:

@@ -50,7 +50,8 @@ def walk_snapshot(
             on_tree_error(path or "/", ids, e)
             continue
         for node in nodes:
-            child = f"{path}/{node.name.decode('utf-8', 'surrogateescape')}"
+            name = node.name.decode("utf-8", "surrogateescape")
+            child = f"{path}/{name}" if path else name
             visit(child, node)
             if node.type is NodeType.DIR:
                 stack.append((child, list(node.subtree)))

@@ -51,6 +51,7 @@ class RestoreStats:
     bytes_total: int = 0
     skipped: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    damaged: int = 0  # errors caused by damaged or missing repository data (not local I/O)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -115,10 +116,11 @@ class Restorer:
             os.close(root_fd)
         return self.stats
 
-    def _error(self, path: bytes | str, reason: str) -> None:
+    def _error(self, path: bytes | str, reason: str, *, damaged: bool = False) -> None:
         p = os.fsdecode(path) if isinstance(path, bytes) else path
         with self.stats.lock:
             self.stats.errors.append((p, reason))
+            self.stats.damaged += damaged
 
     def _restore_dir(
         self, nodes: list[Node], dir_fd: int, relb: bytes, rel: str, *, full: bool
@@ -128,10 +130,12 @@ class Restorer:
             name = node.name
             child_relb = relb + b"/" + name if relb else name
             if not safe_name(name):
-                self._error(child_relb, "unsafe name in restore point: not restored")
+                self._error(child_relb, "unsafe name in restore point: not restored", damaged=True)
                 continue
             if name in seen:
-                self._error(child_relb, "duplicate name in restore point: not restored")
+                self._error(
+                    child_relb, "duplicate name in restore point: not restored", damaged=True
+                )
                 continue
             seen.add(name)
             child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
@@ -150,7 +154,7 @@ class Restorer:
                 else:
                     continue  # sockets are recorded, never restored
             except (OSError, RekindleError) as e:
-                self._error(child_relb, _reason(e))
+                self._error(child_relb, _reason(e), damaged=_is_damage(e))
 
     def _dir(self, node: Node, parent_fd: int, relb: bytes, rel: str, *, full: bool) -> None:
         with contextlib.suppress(FileExistsError):
@@ -248,7 +252,7 @@ class Restorer:
             if self._progress is not None:
                 self._progress(self.stats)
         except (OSError, IntegrityError, ObjectNotFoundError, RekindleError) as e:
-            self._error(relb, _reason(e))
+            self._error(relb, _reason(e), damaged=_is_damage(e))
         finally:
             os.close(fd)
             self._slots.release()
@@ -294,6 +298,11 @@ class Restorer:
                     raise
         os.fchmod(fd, node.mode)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+
+def _is_damage(e: BaseException) -> bool:
+    """Damaged or missing repository data, as opposed to a problem at the destination."""
+    return isinstance(e, IntegrityError | ObjectNotFoundError)
 
 
 def _reason(e: BaseException) -> str:

@@ -160,6 +160,32 @@ def test_absolute_paths_keep_their_structure(tmp_path: Path) -> None:
     assert (out / rel / "c").read_text() == "top file"
 
 
+def test_relative_paths_are_read_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_text("deep")
+    (tmp_path / "a" / "skip").write_text("not chosen")
+    (tmp_path / "c").write_text("top file")
+    repo = make_repo(MemoryBackend(), tmp_path / "cache")
+    with repo:
+        r = backup(repo, BackupOptions(paths=["a/b", "c"], cwd=str(tmp_path)))
+        assert r.snapshot.missed == []
+        assert r.stats.files_new == 2
+        out = tmp_path / "out"
+        restore(repo, r.snapshot, out)
+    assert (out / "a" / "b" / "f").read_text() == "deep"
+    assert (out / "c").read_text() == "top file"
+    assert not (out / "a" / "skip").exists()
+    assert (out / "a").stat().st_mode == (tmp_path / "a").stat().st_mode
+
+
+def test_plan_paths_refuses_a_mix_of_absolute_and_relative(tmp_path: Path) -> None:
+    from rekindle.core.errors import UsageError
+
+    (tmp_path / "x").mkdir()
+    with pytest.raises(UsageError, match="not a mix"):
+        plan_paths([str(tmp_path / "x"), "x"], str(tmp_path))
+
+
 def test_plan_paths_refuses_dotdot_and_missing(tmp_path: Path) -> None:
     from rekindle.core.errors import UsageError
 
