@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,78 @@ def test_full_disk_is_a_clear_error_and_the_repository_survives(cli: Cli, tmp_pa
         assert (tmp_path / "back" / "f").read_bytes() == (small / "f").read_bytes()
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_password_file_variable_and_precedence(cli: Cli, tmp_path: Path) -> None:
+    cli.run("repo", "init")
+    pw = tmp_path / "pw"
+    pw.write_text("e2e password\n")
+    env = {k: v for k, v in cli.env.items() if k != "REKINDLE_PASSWORD"}
+    env["REKINDLE_PASSWORD_FILE"] = str(pw)
+    p = subprocess.run(
+        [REKINDLE, "repo", "snapshots"], env=env, capture_output=True, text=True, check=False
+    )
+    assert p.returncode == 0, p.stderr
+    # The variable's file wins over REKINDLE_PASSWORD.
+    env["REKINDLE_PASSWORD"] = "wrong"
+    assert cli.run("repo", "snapshots", env=env).returncode == 0
+    env.pop("REKINDLE_PASSWORD_FILE")
+    p = cli.run("repo", "snapshots", env=env, check=False)
+    assert p.returncode == 5
+
+
+def test_relative_backup_paths_and_bandwidth_limit(cli: Cli, tmp_path: Path) -> None:
+    src = _src(tmp_path)
+    cli.run("repo", "init")
+    started = time.monotonic()
+    p = subprocess.run(
+        [REKINDLE, "repo", "--limit-kib", "400", "backup", "--json", "dir", "b.bin"],
+        cwd=src,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert p.returncode == 0, p.stderr
+    # ~200 KB of random data (plus trees and index) at 400 KiB/s, with a 400 KiB burst: the
+    # limit must not make it slower than a few seconds, and the files must be there.
+    assert elapsed < 30
+    out = tmp_path / "out"
+    cli.run("repo", "restore", "latest", "--target", str(out))
+    assert sorted(x.name for x in out.iterdir()) == ["b.bin", "dir"]
+    assert (out / "b.bin").read_bytes() == (src / "b.bin").read_bytes()
+
+
+def test_forget_refuses_ids_together_with_rules(cli: Cli, tmp_path: Path) -> None:
+    src = _src(tmp_path)
+    cli.run("repo", "init")
+    subprocess.run(
+        [REKINDLE, "repo", "backup", "."], cwd=src, env=cli.env, check=True, capture_output=True
+    )
+    p = cli.run("repo", "forget", "latest", "--keep-last", "1", check=False)
+    assert p.returncode == 2
+    assert "not both" in p.stderr
+    assert len(cli.json("repo", "snapshots")) == 1
+
+
+def test_restore_exit_code_tells_damage_from_destination_trouble(cli: Cli, tmp_path: Path) -> None:
+    src = _src(tmp_path)
+    cli.run("repo", "init")
+    subprocess.run(
+        [REKINDLE, "repo", "backup", "."], cwd=src, env=cli.env, check=True, capture_output=True
+    )
+    # Destination trouble: a file where the target's subdirectory must go.
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "dir").write_text("in the way")
+    p = cli.run("repo", "restore", "latest", "--target", str(target), check=False)
+    assert p.returncode == 1, p.stderr
+    assert "not restored: dir" in p.stderr
+    # Damage: every data pack deleted.
+    for f in (cli.repo / "data").rglob("*"):
+        if f.is_file():
+            f.unlink()
+    p = cli.run("repo", "restore", "latest", "--target", str(tmp_path / "t2"), check=False)
+    assert p.returncode == 4, p.stderr
+    assert "not restored: b.bin" in p.stderr
