@@ -23,6 +23,7 @@ from pathlib import Path
 
 SUBJECT = "rekindle"
 MB = 1e6
+NOISY_OTHER = 0.25  # cores used by others during a timed command (run_peers.py 'other')
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,17 @@ def markdown(
     tools = [SUBJECT, base] + ([other] if other else [])
     checks = ", ".join("{}: {}/{}".format(t, *verified(records, t)) for t in tools)
     lines += ["", f"restores verified identical to the source: {checks}"]
+    noisy = [
+        f"rep {r['rep']} {r['tool']} {r['phase']} {float(str(r['other'])):.2f}"
+        for r in records
+        if r["tool"] in tools
+        and isinstance(r.get("other"), int | float)
+        and float(str(r["other"])) > NOISY_OTHER
+    ]
+    lines.append(
+        f"commands with other CPU load > {NOISY_OTHER} cores (other jobs or writeback; "
+        f"their timings are suspect): {', '.join(noisy) if noisy else 'none'}"
+    )
     targeted = [r for r in rows if r["target"] is not None]
     passed = sum(1 for r in targeted if r["verdict"] == "PASS")
     lines.append(f"targets met: {passed}/{len(targeted)}")

@@ -13,6 +13,9 @@
 #   BENCH_VENV      virtualenv for Borg (and py-spy); the harness runs with its python
 #                   (/tmp/rekindle-bench/venv)
 #   BENCH_REKINDLE  the rekindle command (<repo>/.venv/bin/rekindle)
+#   BENCH_PIN       1: benchmark the committed HEAD, installed (not editable) into
+#                   /tmp/rekindle-bench/rekindle-<commit>/venv, so that edits to src/ made while
+#                   the benchmark runs do not change the code under test (0)
 #   BENCH_ARGS      extra harness options, e.g. "--cooldown 1" or "--cache cold"
 # Needs root (or sudo) only when something has to be installed. A full run needs ~35 GB of disk
 # and takes 20-40 minutes; wait >= 6 minutes after a previous run's cleanup (see the harness
@@ -27,6 +30,7 @@ BENCH_HARNESS="${BENCH_HARNESS:-$REPO_ROOT/../shared/bench}"
 BENCH_VENV="${BENCH_VENV:-/tmp/rekindle-bench/venv}"
 BENCH_REKINDLE="${BENCH_REKINDLE:-$REPO_ROOT/.venv/bin/rekindle}"
 BENCH_ARGS="${BENCH_ARGS:-}"
+BENCH_PIN="${BENCH_PIN:-0}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -49,6 +53,26 @@ if [ ! -f "$BENCH_HARNESS/run_peers.py" ]; then
     exit 2
 fi
 BENCH_HARNESS="$(cd "$BENCH_HARNESS" && pwd)"
+COMMIT="$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+if [ "$BENCH_PIN" = 1 ]; then
+    PIN_DIR="/tmp/rekindle-bench/rekindle-$COMMIT"
+    if [ ! -x "$PIN_DIR/venv/bin/rekindle" ]; then
+        log "installing Rekindle $COMMIT (committed HEAD, not the working tree) into $PIN_DIR"
+        rm -rf "$PIN_DIR"
+        mkdir -p "$PIN_DIR/src"
+        git -C "$REPO_ROOT" archive HEAD | tar -x -C "$PIN_DIR/src"
+        python3 -m venv "$PIN_DIR/venv"
+        "$PIN_DIR/venv/bin/pip" install --quiet "$PIN_DIR/src"
+    fi
+    BENCH_REKINDLE="$PIN_DIR/venv/bin/rekindle"
+    CODE="commit $COMMIT (pinned copy)"
+else
+    dirty="$(git -C "$REPO_ROOT" status --porcelain -- src 2>/dev/null | wc -l)"
+    CODE="commit $COMMIT, $dirty uncommitted file(s) under src/"
+    if [ "$dirty" -gt 0 ]; then
+        log "note: src/ has uncommitted edits; the editable install runs them (BENCH_PIN=1 pins HEAD)"
+    fi
+fi
 if [ ! -x "$BENCH_REKINDLE" ]; then
     log "rekindle not found at $BENCH_REKINDLE (run 'make run' or set BENCH_REKINDLE)"
     exit 2
@@ -85,7 +109,7 @@ if [ -x "$BENCH_VENV/bin/borg" ]; then
 else
     log "borg: $(borg --version) ($(command -v borg))"
 fi
-log "rekindle: $("$BENCH_REKINDLE" --version) ($BENCH_REKINDLE)"
+log "rekindle: $("$BENCH_REKINDLE" --version) ($BENCH_REKINDLE), $CODE"
 
 # --------------------------------------------------------------------------- run
 RESULTS="$BENCH_WORK/results"
@@ -95,6 +119,10 @@ RUNLOG="$RESULTS/run-$STAMP.log"
 TABLE="$RESULTS/table-$STAMP.md"
 RATIOS="$RESULTS/ratios-$STAMP.md"
 
+{
+    echo "rekindle: $BENCH_REKINDLE, $CODE"
+    echo "settings: BENCH_SCALE=$BENCH_SCALE BENCH_REPS=$BENCH_REPS BENCH_ARGS=$BENCH_ARGS"
+} >"$RESULTS/run-$STAMP.meta"
 log "harness: $BENCH_HARNESS/run_peers.py, work $BENCH_WORK, scale $BENCH_SCALE, reps $BENCH_REPS"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options, split on purpose
 "$PY" -u "$BENCH_HARNESS/run_peers.py" \
@@ -113,4 +141,4 @@ sed -n '/^Dataset: /,$p' "$RUNLOG" >"$TABLE"
 
 "$PY" "$REPO_ROOT/bench/report.py" "$JSONL" --markdown "$RATIOS" --json "${RATIOS%.md}.json"
 log "results: $JSONL"
-log "         $TABLE (harness table), $RATIOS (ratios), $RUNLOG (full log)"
+log "         $TABLE (harness table), $RATIOS (ratios), $RUNLOG (full log), run-$STAMP.meta"

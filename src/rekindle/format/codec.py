@@ -41,7 +41,7 @@ def encode(data: bytes | memoryview, level: int) -> bytes:
         packed = _compressor(level).compress(data)
         if len(packed) <= len(data) - (len(data) >> _MIN_SAVING_SHIFT):
             return bytes((Codec.ZSTD,)) + packed
-    return bytes((Codec.NONE,)) + bytes(data)
+    return bytes((Codec.NONE,)) + data
 
 
 def decode(payload: bytes, what: str) -> bytes:

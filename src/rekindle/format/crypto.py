@@ -74,7 +74,22 @@ class RepoKeys:
 def seal(key: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytes:
     """nonce ‖ AES-256-GCM(plaintext) ‖ tag, with a fresh random nonce."""
     nonce = os.urandom(NONCE_SIZE)
-    return nonce + AESGCM(key).encrypt(nonce, bytes(plaintext), aad)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+class Sealer:
+    """`seal` for many messages under one key, written straight into a caller's buffer (no
+    intermediate copies: packs are assembled in place)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal_into(self, plaintext: bytes | memoryview, aad: bytes, out: memoryview) -> None:
+        """Write nonce ‖ ciphertext ‖ tag into `out`, which must be exactly
+        len(plaintext) + NONCE_SIZE + TAG_SIZE bytes long."""
+        nonce = os.urandom(NONCE_SIZE)
+        out[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
 
 
 def open_sealed(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
@@ -83,6 +98,6 @@ def open_sealed(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -
         raise IntegrityError(f"{what}: too short to be encrypted data")
     mv = memoryview(sealed)
     try:
-        return AESGCM(key).decrypt(bytes(mv[:NONCE_SIZE]), bytes(mv[NONCE_SIZE:]), aad)
+        return AESGCM(key).decrypt(mv[:NONCE_SIZE], mv[NONCE_SIZE:], aad)
     except InvalidTag:
         raise IntegrityError(f"{what}: authentication failed (damaged or tampered)") from None

@@ -1,6 +1,6 @@
 """Pack files: immutable containers of blobs of one kind (docs/FORMAT.md section 7).
 
-`PackBuilder` assembles a pack in memory from already-encoded blobs; `read_table` and
+`PackBuilder` assembles a pack in a reusable buffer from already-encoded blobs; `read_table` and
 `open_blob` take it apart again, authenticating everything. No I/O: callers move the bytes.
 """
 
@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from rekindle.core.errors import FormatError, IntegrityError
 from rekindle.format import codec
-from rekindle.format.crypto import ID_SIZE, NONCE_SIZE, TAG_SIZE, RepoKeys, open_sealed, seal
+from rekindle.format.crypto import (
+    ID_SIZE,
+    NONCE_SIZE,
+    TAG_SIZE,
+    RepoKeys,
+    Sealer,
+    open_sealed,
+    seal,
+)
 from rekindle.format.registry import BlobKind
 
 MAGIC = b"RKPK"
@@ -45,16 +53,25 @@ def header(kind: BlobKind, salt: bytes) -> bytes:
 
 
 class PackBuilder:
-    """Collects encrypted blobs for one pack. Not thread-safe: one builder per writer."""
+    """Assembles one pack in place in a buffer. Not thread-safe: one builder per writer.
 
-    def __init__(self, keys: RepoKeys, kind: BlobKind, level: int) -> None:
+    Blobs are encrypted straight into the buffer, so a pack costs no copies; `finish` returns
+    a view of the buffer. Hand a buffer back in through `buffer=` to reuse it for the next
+    pack (fresh memory is slow to touch; reused memory is not).
+    """
+
+    def __init__(
+        self, keys: RepoKeys, kind: BlobKind, level: int, *, buffer: bytearray | None = None
+    ) -> None:
         self.kind = kind
         self._level = level
         self._salt = os.urandom(SALT_SIZE)
         self._key = keys.pack_key(self._salt)
+        self._sealer = Sealer(self._key)
         self._header = header(kind, self._salt)
-        self._parts: list[bytes] = [self._header]
-        self._size = HEADER_SIZE
+        self.buffer = buffer if buffer is not None else bytearray()
+        self._size = 0
+        self._append(self._header)
         self.entries: list[BlobEntry] = []
 
     @property
@@ -64,27 +81,43 @@ class PackBuilder:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def _room(self, n: int) -> memoryview:
+        """A view of the next n bytes of the buffer, growing it when needed."""
+        need = self._size + n
+        if len(self.buffer) < need:
+            self.buffer.extend(bytes(max(need - len(self.buffer), len(self.buffer) // 2)))
+        view = memoryview(self.buffer)[self._size : need]
+        self._size = need
+        return view
+
+    def _append(self, data: bytes) -> None:
+        with self._room(len(data)) as view:
+            view[:] = data
+
     def add(self, chunk_id: bytes, plaintext: bytes | memoryview) -> BlobEntry:
         """Compress (where it pays) and encrypt one blob; returns where it will sit."""
         return self.add_encoded(chunk_id, codec.encode(plaintext, self._level), len(plaintext))
 
     def add_encoded(self, chunk_id: bytes, payload: bytes, raw_length: int) -> BlobEntry:
         """Add a blob whose codec byte and payload were prepared by another thread."""
-        sealed = seal(self._key, payload, blob_aad(self.kind, chunk_id))
-        entry = BlobEntry(chunk_id, self.kind, self._size, len(sealed), raw_length)
-        self._parts.append(sealed)
-        self._size += len(sealed)
+        offset = self._size
+        length = NONCE_SIZE + len(payload) + TAG_SIZE
+        with self._room(length) as view:
+            self._sealer.seal_into(payload, blob_aad(self.kind, chunk_id), view)
+        entry = BlobEntry(chunk_id, self.kind, offset, length, raw_length)
         self.entries.append(entry)
         return entry
 
-    def finish(self) -> bytes:
+    def finish(self) -> memoryview:
+        """Append the sealed blob table and the trailer; returns a view of the whole pack
+        (valid until the buffer is reused; release it first)."""
         table = bytearray(_COUNT.pack(len(self.entries)))
         for e in self.entries:
             table += _ENTRY.pack(e.id, e.kind, e.offset, e.length, e.raw_length)
         sealed_table = seal(self._key, bytes(table), b"RKBT" + self._header)
-        self._parts.append(sealed_table)
-        self._parts.append(_TRAILER.pack(len(sealed_table), END_MAGIC))
-        return b"".join(self._parts)
+        self._append(sealed_table)
+        self._append(_TRAILER.pack(len(sealed_table), END_MAGIC))
+        return memoryview(self.buffer)[: self._size]
 
 
 def parse_header(data: bytes, what: str) -> tuple[BlobKind, bytes]:

@@ -42,7 +42,11 @@ from rekindle.repository.writer import BlobWriter
 
 log = logging.getLogger(__name__)
 
-READ_SEGMENT = 8 * 1024 * 1024
+READ_SEGMENT = 4 * 1024 * 1024
+# Files are handed to the reader threads in batches (one task per batch, not per file): a
+# task costs more interpreter time than reading a small file.
+BATCH_FILES = 64
+BATCH_BYTES = 8 * 1024 * 1024
 MAX_INFLIGHT_FILES = 4096  # finalize finished directories beyond this many queued files
 
 
@@ -117,8 +121,10 @@ class _Frame:
     path: bytes
     node: Node | None  # the directory's node in its parent (None for the root)
     nodes: list[Node]
-    pending: list[tuple[Node, Future[_FileResult], os.stat_result, bytes]]
+    pending: list[tuple[Node, Future[list[_FileResult | OSError]], int, os.stat_result, bytes]]
     cache_entries: DirEntries
+    # Files found but not yet handed to a reader thread: (node, path, stat, new|changed).
+    queued: list[tuple[Node, bytes, os.stat_result, bytes]] = field(default_factory=list)
 
 
 def _owner_names() -> Callable[[int, int], tuple[str | None, str | None]]:
@@ -202,36 +208,58 @@ class Archiver:
             self.writer.store(BlobKind.DATA, cid, payload, len(chunk))
         return cid
 
+    def _read_buffer(self) -> memoryview:
+        """This thread's reusable read buffer: a segment plus the largest possible carry."""
+        mv: memoryview | None = getattr(self._chunkers, "buf", None)
+        if mv is None:
+            mv = self._chunkers.buf = memoryview(
+                bytearray(READ_SEGMENT + self.repo.config.chunk_max)
+            )
+        return mv
+
     def _chunk_stream(
         self, fd: int, start: int, length: int | None, content: list[ContentItem]
     ) -> int:
-        """Chunk bytes [start, start+length) of fd (to EOF if length is None)."""
+        """Chunk bytes [start, start+length) of fd (to EOF if length is None).
+
+        Reads into a reusable buffer; the unfinished last chunk of each segment moves to the
+        buffer's front and is cut again with what follows, so boundaries depend on content
+        alone, never on where a read ended."""
         chunker = self._chunker()
-        carry = b""
+        buf = self._read_buffer()
+        filled = 0  # bytes carried over at the front of buf
         pos = start
         total = 0
         while True:
             want = READ_SEGMENT if length is None else min(READ_SEGMENT, start + length - pos)
-            data = os.pread(fd, want, pos) if want > 0 else b""
-            pos += len(data)
-            total += len(data)
-            eof = len(data) < want or want == 0 or (length is not None and pos >= start + length)
-            buf = carry + data if carry else data
-            if not buf:
+            n = os.preadv(fd, [buf[filled : filled + want]], pos) if want > 0 else 0
+            pos += n
+            total += n
+            eof = n < want or want == 0 or (length is not None and pos >= start + length)
+            end = filled + n
+            if end == 0:
                 break
-            pieces = list(chunker.cut(buf))
-            # Unless at the end, the last piece may end only because the buffer ends: cut it
-            # again with what follows, so boundaries depend on content alone.
-            carry = b"" if eof else bytes(pieces.pop())
+            pieces = list(chunker.cut(buf[:end]))
+            carry = 0 if eof else len(pieces.pop())
             for piece in pieces:
                 content.append(self._store_chunk(piece))
+            del pieces
             with self.stats.lock:
-                self.stats.bytes_read += len(data)
+                self.stats.bytes_read += n
             if eof:
-                if carry:
-                    content.append(self._store_chunk(carry))
                 break
+            buf[:carry] = buf[end - carry : end]
+            filled = carry
         return total
+
+    def _read_batch(self, files: list[tuple[bytes, os.stat_result]]) -> list[_FileResult | OSError]:
+        out: list[_FileResult | OSError] = []
+        for path, st in files:
+            try:
+                out.append(self._read_file(path, st))
+            except OSError as e:
+                out.append(e)
+        return out
 
     def _read_file(self, path: bytes, st: os.stat_result) -> _FileResult:
         flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
@@ -241,9 +269,20 @@ class Archiver:
             fd = os.open(path, flags & ~getattr(os, "O_NOATIME", 0))
         try:
             content: list[ContentItem] = []
+            small = self.repo.config.chunk_min
             sparse = st.st_size > 0 and st.st_blocks * 512 < st.st_size
             if sparse:
                 self._read_sparse(fd, st.st_size, content)
+            elif st.st_size <= small:
+                # A small file is one chunk (FORMAT.md): one read, no chunker.
+                data = os.read(fd, small + 1)
+                if len(data) > small:  # it grew since the scan: chunk it properly
+                    self._chunk_stream(fd, 0, None, content)
+                else:
+                    with self.stats.lock:
+                        self.stats.bytes_read += len(data)
+                    if data:
+                        content.append(self._store_chunk(data))
             else:
                 self._chunk_stream(fd, 0, None, content)
             after = os.fstat(fd)
@@ -334,9 +373,24 @@ class Archiver:
             with self.stats.lock:
                 self.stats.files_unmodified += 1
             return
-        fut = self._pool.submit(self._read_file, path, st)
-        frame.pending.append((node, fut, st, b"changed" if cached is not None else b"new"))
+        frame.queued.append((node, path, st, b"changed" if cached is not None else b"new"))
         self._inflight += 1
+
+    def _submit_queued(self, frame: _Frame) -> None:
+        """Hand the frame's queued files to the reader threads, in batches."""
+        queued, frame.queued = frame.queued, []
+        i = 0
+        while i < len(queued):
+            batch = [queued[i]]
+            size = queued[i][2].st_size
+            i += 1
+            while i < len(queued) and len(batch) < BATCH_FILES and size < BATCH_BYTES:
+                batch.append(queued[i])
+                size += queued[i][2].st_size
+                i += 1
+            fut = self._pool.submit(self._read_batch, [(p, st) for _, p, st, _ in batch])
+            for k, (node, _, st, how) in enumerate(batch):
+                frame.pending.append((node, fut, k, st, how))
 
     def repo_cache_get(self, dir_path: bytes) -> DirEntries | None:
         if self._last_cache_dir != dir_path:
@@ -380,21 +434,22 @@ class Archiver:
             if child_node.type is NodeType.DIR:
                 if self.opts.one_file_system and st.st_dev != self._root_dev:
                     continue  # a mount point: recorded as an empty directory
+                self._submit_queued(frame)  # keep the readers busy while we descend
                 self._walk_dir(child, child_rel, child_node)
             elif child_node.type is NodeType.FILE:
                 self._add_file(frame, child_node, child, st)
+        self._submit_queued(frame)
         self._frames.append(frame)
         while self._inflight > MAX_INFLIGHT_FILES and len(self._frames) > 1:
             self._finalize(self._frames.popleft())
 
     def _finalize(self, frame: _Frame) -> list[bytes]:
         missed: set[int] = set()
-        for i, (node, fut, st, how) in enumerate(frame.pending):
+        for node, fut, k, st, how in frame.pending:
             self._inflight -= 1
-            try:
-                res = fut.result()
-            except OSError as e:
-                self._miss(os.path.join(frame.path, node.name), e)
+            res = fut.result()[k]
+            if isinstance(res, OSError):
+                self._miss(os.path.join(frame.path, node.name), res)
                 missed.add(id(node))
                 continue
             node.content = res.content
@@ -416,7 +471,6 @@ class Archiver:
                     st.st_ino,
                     res.content,
                 ]
-            del i
         nodes = [n for n in frame.nodes if id(n) not in missed]
         ids = self.store_tree(nodes)
         if frame.node is not None:
@@ -520,15 +574,17 @@ class Archiver:
                     self._finalize(self._frames.popleft())
             elif node.type is NodeType.FILE:
                 self._add_file(holder, node, real, st)
-        for node, fut, _st, _how in holder.pending:
+        self._submit_queued(holder)
+        for node, fut, k, _st, _how in holder.pending:
             self._inflight -= 1
-            try:
-                node.content = fut.result().content
-                with self.stats.lock:
-                    self.stats.files_new += 1
-            except OSError as e:
-                self._miss(os.path.join(base, node.name), e)
+            res = fut.result()[k]
+            if isinstance(res, OSError):
+                self._miss(os.path.join(base, node.name), res)
                 nodes.remove(node)
+                continue
+            node.content = res.content
+            with self.stats.lock:
+                self.stats.files_new += 1
         return self.store_tree(nodes)
 
     def _find_parent(self, leaves: list[bytes]) -> str | None:

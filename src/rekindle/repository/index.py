@@ -37,6 +37,41 @@ CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack);
 """
 
 
+class _Bloom:
+    """A Bloom filter over chunk ids, so that the common "not stored yet" answer of a backup
+    costs no database query. Ids are keyed hashes, already uniformly random: the filter's
+    hash functions are just slices of the id. Never removes ids (a stale "maybe" is checked
+    against the database, so it costs a query, never a wrong answer). About 10 bits per id:
+    ~1% false positives, 1.2 MiB per million chunks."""
+
+    _K = 7
+
+    def __init__(self, expected: int) -> None:
+        self._bits_log2 = max(23, (max(expected, 1) * 10 - 1).bit_length())
+        self._mask = (1 << self._bits_log2) - 1
+        self._bits = bytearray(1 << (self._bits_log2 - 3))
+        self.count = 0
+
+    def _positions(self, chunk_id: bytes) -> list[int]:
+        return [
+            int.from_bytes(chunk_id[4 * i : 4 * i + 4], "little") & self._mask
+            for i in range(self._K)
+        ]
+
+    def add(self, chunk_id: bytes) -> None:
+        self.count += 1
+        bits = self._bits
+        for p in self._positions(chunk_id):
+            bits[p >> 3] |= 1 << (p & 7)
+
+    def may_contain(self, chunk_id: bytes) -> bool:
+        bits = self._bits
+        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(chunk_id))
+
+    def full(self) -> bool:
+        return self.count * 10 > 1 << self._bits_log2
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     pack: bytes
@@ -58,6 +93,7 @@ class LocalIndex:
             # The cache can always be rebuilt from the backend: durability is not needed.
             self._db.execute("PRAGMA synchronous = OFF")
             self._db.executescript(_SCHEMA)
+        self._bloom: _Bloom | None = None  # built on the first `contains`
 
     def close(self) -> None:
         with self._lock:
@@ -92,15 +128,20 @@ class LocalIndex:
                     self._db.execute("ROLLBACK")
                     return
                 src = cur.lastrowid
+                rows = [
+                    (e.id, pack, int(e.kind), e.offset, e.length, e.raw_length, src)
+                    for pack, entries in packs
+                    for e in entries
+                ]
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        (e.id, pack, int(e.kind), e.offset, e.length, e.raw_length, src)
-                        for pack, entries in packs
-                        for e in entries
-                    ),
+                    "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?)", rows
                 )
                 self._db.execute("COMMIT")
+                if self._bloom is not None:
+                    for r in rows:
+                        self._bloom.add(r[0])
+                    if self._bloom.full():
+                        self._bloom = None  # outgrown: rebuilt, larger, at the next lookup
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -126,10 +167,23 @@ class LocalIndex:
 
     def contains(self, chunk_id: bytes) -> bool:
         with self._lock:
+            bloom = self._bloom
+            if bloom is None:
+                bloom = self._bloom = self._build_bloom()
+            if not bloom.may_contain(chunk_id):
+                return False
             row = self._db.execute(
                 "SELECT 1 FROM blobs WHERE id = ? LIMIT 1", (chunk_id,)
             ).fetchone()
         return row is not None
+
+    def _build_bloom(self) -> _Bloom:
+        """Called with the lock held."""
+        (n,) = self._db.execute("SELECT COUNT(*) FROM blobs").fetchone()
+        bloom = _Bloom(max(int(n) * 2, 1 << 20))
+        for (chunk_id,) in self._db.execute("SELECT id FROM blobs"):
+            bloom.add(chunk_id)
+        return bloom
 
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
         """The ids among `ids` that the index does not know, in batches."""

@@ -33,6 +33,22 @@ from rekindle.repository.repo import Repository
 
 MAX_INFLIGHT = 256
 IS_ROOT = os.geteuid() == 0
+# Small files go to the writer threads in batches (a task costs more interpreter time than
+# writing a small file); big files are split into parts written in parallel.
+BATCH_FILES = 64
+PART_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class _OpenFile:
+    """A file being written, possibly by several threads (one per part)."""
+
+    fd: int
+    node: Node
+    relb: bytes
+    parts: int
+    failed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Existing(StrEnum):
@@ -88,6 +104,7 @@ class Restorer:
         self._slots = threading.BoundedSemaphore(MAX_INFLIGHT)
         self._links: dict[tuple[int, int], bytes] = {}  # (device, inode) -> path from root
         self._futures: list[Future[None]] = []
+        self._small: list[tuple[_OpenFile, list[bytes | int], int, int]] = []
         self._progress = progress
 
     # -- selection -----------------------------------------------------------------------------
@@ -110,6 +127,7 @@ class Restorer:
                 self._pool = pool
                 nodes = self.repo.load_tree(self.snapshot.tree)
                 self._restore_dir(nodes, root_fd, b"", "", full=not self._includes)
+                self._flush_small()
                 for f in self._futures:
                     f.result()
         finally:
@@ -155,6 +173,8 @@ class Restorer:
                     continue  # sockets are recorded, never restored
             except (OSError, RekindleError) as e:
                 self._error(child_relb, _reason(e), damaged=_is_damage(e))
+        if len(self._small) >= BATCH_FILES // 4:
+            self._flush_small()
 
     def _dir(self, node: Node, parent_fd: int, relb: bytes, rel: str, *, full: bool) -> None:
         with contextlib.suppress(FileExistsError):
@@ -222,39 +242,101 @@ class Restorer:
             self.stats.bytes_total += node.size
         self._slots.acquire()
         try:
-            self._futures.append(self._pool.submit(self._write_content, fd, node, relb))
+            parts = self._split(node)
         except BaseException:
             self._slots.release()
             os.close(fd)
             raise
+        f = _OpenFile(fd, node, relb, parts=len(parts))
+        if len(parts) == 1:
+            self._small.append((f, *parts[0]))
+            if len(self._small) >= BATCH_FILES:
+                self._flush_small()
+            return
+        for items, start, end in parts:
+            self._futures.append(self._pool.submit(self._write_part, f, items, start, end))
 
-    def _write_content(self, fd: int, node: Node, relb: bytes) -> None:
+    def _split(self, node: Node) -> list[tuple[list[bytes | int], int, int]]:
+        """Cut a file's content into parts of about PART_BYTES: (items, start, end)."""
+        if node.size <= PART_BYTES:
+            return [(list(node.content), 0, node.size)]
+        parts: list[tuple[list[bytes | int], int, int]] = []
+        items: list[bytes | int] = []
+        start = pos = 0
+        for i, item in enumerate(node.content):
+            if isinstance(item, int):
+                pos += item
+            else:
+                loc = self.repo.index.lookup(item)
+                if loc is None:
+                    # Missing chunk: the last part takes the rest and reports it.
+                    return [*parts, ([*items, *node.content[i:]], start, node.size)]
+                pos += loc.entry.raw_length
+            items.append(item)
+            if pos - start >= PART_BYTES:
+                parts.append((items, start, pos))
+                items, start = [], pos
+        if items or not parts:
+            parts.append((items, start, node.size))
+        else:
+            items_, start_, _ = parts[-1]
+            parts[-1] = (items_, start_, node.size)
+        return parts
+
+    def _flush_small(self) -> None:
+        batch, self._small = self._small, []
+        if batch:
+            self._futures.append(self._pool.submit(self._write_batch, batch))
+
+    def _write_batch(self, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]) -> None:
+        for f, items, start, end in batch:
+            self._write_part(f, items, start, end)
+
+    def _write_part(self, f: _OpenFile, items: list[bytes | int], start: int, end: int) -> None:
         try:
-            pos = 0
-            for item in node.content:
-                if isinstance(item, int):
-                    pos += item  # a hole: seek over it, it stays sparse
-                    continue
-                data = self.repo.read_blob(item)
-                view = memoryview(data)
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    pos += n
-                    view = view[n:]
-                with self.stats.lock:
-                    self.stats.bytes_written += len(data)
-            if pos != node.size:
-                raise IntegrityError(f"content adds up to {pos} bytes, expected {node.size}")
-            os.ftruncate(fd, node.size)
-            self._set_meta(fd, node)
-            with self.stats.lock:
-                self.stats.files += 1
-            if self._progress is not None:
-                self._progress(self.stats)
+            if not f.failed:
+                pos = start
+                for item in items:
+                    if isinstance(item, int):
+                        pos += item  # a hole: seek over it, it stays sparse
+                        continue
+                    data = self.repo.read_blob(item)
+                    view = memoryview(data)
+                    while view:
+                        n = os.pwrite(f.fd, view, pos)
+                        pos += n
+                        view = view[n:]
+                    with self.stats.lock:
+                        self.stats.bytes_written += len(data)
+                if pos != end:
+                    raise IntegrityError(
+                        f"content adds up to {pos - start} bytes, expected {end - start}"
+                    )
         except (OSError, IntegrityError, ObjectNotFoundError, RekindleError) as e:
-            self._error(relb, _reason(e), damaged=_is_damage(e))
+            with f.lock:
+                first = not f.failed
+                f.failed = True
+            if first:
+                self._error(f.relb, _reason(e), damaged=_is_damage(e))
+        with f.lock:
+            f.parts -= 1
+            last = f.parts == 0
+        if last:
+            self._finish_file(f)
+
+    def _finish_file(self, f: _OpenFile) -> None:
+        try:
+            if not f.failed:
+                os.ftruncate(f.fd, f.node.size)
+                self._set_meta(f.fd, f.node)
+                with self.stats.lock:
+                    self.stats.files += 1
+                if self._progress is not None:
+                    self._progress(self.stats)
+        except OSError as e:
+            self._error(f.relb, _reason(e))
         finally:
-            os.close(fd)
+            os.close(f.fd)
             self._slots.release()
 
     def _symlink(self, node: Node, dir_fd: int) -> None:

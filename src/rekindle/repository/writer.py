@@ -5,7 +5,9 @@ upload threads writes finished packs; `flush` writes the index file naming them.
 (FORMAT.md section 11): a pack is in the backend before any index file names it, and an
 index file is written before the restore point that needs it.
 
-Memory is bounded: at most `max_pending_uploads` finished packs wait in memory.
+Memory is bounded: at most `max_pending_uploads` finished packs wait in memory, and pack
+buffers are recycled (one per blob kind being filled plus one per pending upload), so a long
+backup touches the same few buffers again and again instead of fresh memory.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ INDEX_EVERY_PACKS = 32
 
 class BlobWriter:
     def __init__(
-        self, repo: Repository, *, upload_threads: int = 2, max_pending_uploads: int = 4
+        self, repo: Repository, *, upload_threads: int = 2, max_pending_uploads: int = 2
     ) -> None:
         self.repo = repo
         self._level = repo.config.zstd_level
@@ -38,6 +40,7 @@ class BlobWriter:
         self._slots = threading.BoundedSemaphore(max_pending_uploads)
         self._futures: list[Future[None]] = []
         self._done_packs: list[PackEntries] = []
+        self._free_buffers: list[bytearray] = []
         self._error: BaseException | None = None
         self.bytes_added = 0  # stored bytes of new blobs
         self.blobs_added = 0
@@ -65,7 +68,10 @@ class BlobWriter:
         with self._lock:
             b = self._builders.get(kind)
             if b is None:
-                b = self._builders[kind] = PackBuilder(self.repo.keys, kind, self._level)
+                buf = self._free_buffers.pop() if self._free_buffers else None
+                b = self._builders[kind] = PackBuilder(
+                    self.repo.keys, kind, self._level, buffer=buf
+                )
             b.add_encoded(chunk_id, payload, raw_length)
             self.blobs_added += 1
             if b.size >= self.repo.config.pack_size:
@@ -89,12 +95,14 @@ class BlobWriter:
 
     def _upload(self, builder: PackBuilder) -> None:
         try:
-            data = builder.finish()
-            pack_id = content_hash(data)
-            self.repo.backend.write(pack_name(builder.kind, pack_id), data)
+            with builder.finish() as data:
+                pack_id = content_hash(data)
+                self.repo.backend.write(pack_name(builder.kind, pack_id), data)
+                size = len(data)
             with self._lock:
+                self._free_buffers.append(builder.buffer)
                 self._done_packs.append(PackEntries(pack_id, builder.kind, builder.entries))
-                self.bytes_added += len(data)
+                self.bytes_added += size
                 self.packs_written += 1
                 write_index = len(self._done_packs) >= INDEX_EVERY_PACKS
                 packs = self._done_packs if write_index else []

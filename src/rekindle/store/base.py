@@ -27,6 +27,9 @@ from datetime import datetime
 
 from rekindle.core.errors import UsageError
 
+#: What `write` accepts: any contiguous bytes (packs are written from a reusable buffer).
+Buffer = bytes | bytearray | memoryview
+
 _NAME = re.compile(r"^[a-z0-9_.-]+(/[a-z0-9_.-]+)*$")
 
 
@@ -51,7 +54,7 @@ class Backend(ABC):
     location: str = ""
 
     @abstractmethod
-    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None: ...
+    def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None: ...
 
     @abstractmethod
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rekindle.core.errors import NoSpaceError, StorageError, TransientStorageError
-from rekindle.store.base import Backend, ObjectInfo
+from rekindle.store.base import Backend, Buffer, ObjectInfo
 from rekindle.store.wrapper import WrappingBackend
 
 
@@ -67,7 +67,7 @@ class FaultyBackend(WrappingBackend):
             raise NoSpaceError(msg)
         raise StorageError(msg)
 
-    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+    def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         f = self._fire("write", name)
         if f is not None and f.effect != "bitflip":
             self._raise(f, "write", name)

@@ -25,7 +25,7 @@ from rekindle.core.errors import (
     ObjectNotFoundError,
     StorageError,
 )
-from rekindle.store.base import Backend, ObjectInfo, check_name
+from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
 
 _TMP = ".tmp-"
 
@@ -71,7 +71,7 @@ class LocalBackend(Backend):
         finally:
             os.close(fd)
 
-    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+    def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         path = self._path(name)
         self._ensure_dir(path.parent)
         tmp = path.parent / f"{_TMP}{secrets.token_hex(8)}"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from rekindle.core.clock import Clock, SystemClock
 from rekindle.core.errors import ObjectExistsError, ObjectNotFoundError, StorageError
-from rekindle.store.base import Backend, ObjectInfo, check_name
+from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
 
 
 class MemoryBackend(Backend):
@@ -19,7 +19,7 @@ class MemoryBackend(Backend):
         self._lock = threading.Lock()
         self.location = "memory:"
 
-    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+    def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         check_name(name)
         info = ObjectInfo(name, len(data), self._clock.now())
         with self._lock:

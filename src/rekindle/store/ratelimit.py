@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from rekindle.core.errors import UsageError
-from rekindle.store.base import Backend
+from rekindle.store.base import Backend, Buffer
 from rekindle.store.wrapper import WrappingBackend
 
 
@@ -61,7 +61,7 @@ class RateLimitedBackend(WrappingBackend):
         super().__init__(inner)
         self.bucket = bucket or TokenBucket(bytes_per_second)
 
-    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+    def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         self.bucket.take(len(data))
         self.inner.write(name, data, exclusive=exclusive)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from rekindle.core.errors import ObjectExistsError, StorageError
-from rekindle.store.base import Backend, ObjectInfo
+from rekindle.store.base import Backend, Buffer, ObjectInfo
 from rekindle.store.wrapper import WrappingBackend
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class RetryingBackend(WrappingBackend):
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+    def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         first = True
 
         def attempt() -> None:

@@ -22,7 +22,7 @@ from rekindle.core.errors import (
     StorageError,
     TransientStorageError,
 )
-from rekindle.store.base import Backend, ObjectInfo, check_name
+from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _EXISTS = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
@@ -81,8 +81,9 @@ class S3Backend(Backend):
         check_name(name)
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name), "Body": data}
+    def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
+        body = data if isinstance(data, bytes) else bytes(data)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name), "Body": body}
         if exclusive:
             args["IfNoneMatch"] = "*"
         if self._storage_class and name.startswith("data/"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rekindle.store.base import Backend, ObjectInfo
+from rekindle.store.base import Backend, Buffer, ObjectInfo
 
 
 class WrappingBackend(Backend):
@@ -12,7 +12,7 @@ class WrappingBackend(Backend):
         self.inner = inner
         self.location = inner.location
 
-    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None:
+    def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         self.inner.write(name, data, exclusive=exclusive)
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:

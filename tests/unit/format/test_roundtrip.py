@@ -50,7 +50,7 @@ def test_pack_roundtrip(blobs: list[bytes], kind: BlobKind) -> None:
     ids = [KEYS.chunk_id(x) for x in blobs]
     for cid, data in zip(ids, blobs, strict=True):
         b.add(cid, data)
-    raw = b.finish()
+    raw = bytes(b.finish())
     head = raw[: pack.HEADER_SIZE]
     tlen = pack.table_length(raw[-8:], len(raw), "p")
     table = pack.read_table(KEYS, head, raw[len(raw) - 8 - tlen : len(raw) - 8], len(raw), "p")
@@ -64,7 +64,7 @@ def _one_pack() -> tuple[bytes, list[pack.BlobEntry]]:
     for i in range(5):
         data = os.urandom(300) + bytes(i)
         b.add(KEYS.chunk_id(data), data)
-    raw = b.finish()
+    raw = bytes(b.finish())
     return raw, list(b.entries)
 
 

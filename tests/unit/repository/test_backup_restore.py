@@ -335,3 +335,72 @@ def test_dedup_across_files_and_backups(tmp_path: Path) -> None:
         r2 = backup(repo, BackupOptions(paths=["."], cwd=str(src)))
         # Content-defined chunking: only chunks around the insertion are new.
         assert r2.stats.bytes_added < 0.5 * len(blob)
+
+
+def test_chunk_boundaries_do_not_depend_on_read_segments(tmp_path: Path) -> None:
+    """A file several read segments long is cut exactly as if chunked in one piece."""
+    import random
+
+    from rekindle.format.chunker import Chunker
+    from rekindle.repository.backup import READ_SEGMENT
+
+    rng = random.Random(11)
+    data = rng.randbytes(2 * READ_SEGMENT + 123_457)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(data)
+    repo = make_repo(MemoryBackend(), tmp_path / "cache")
+    with repo:
+        snap = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+        (node,) = repo.load_tree(snap.tree)
+        expected = [
+            repo.keys.chunk_id(c) for c in Chunker(repo.config, repo.keys.chunker_seed).cut(data)
+        ]
+        assert node.content == expected
+        assert len(expected) > 100
+        restore(repo, snap, tmp_path / "out")
+    assert (tmp_path / "out" / "big").read_bytes() == data
+
+
+def test_big_files_restore_in_parallel_parts_and_damage_fails_only_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from rekindle.repository import restore as restore_mod
+
+    monkeypatch.setattr(restore_mod, "PART_BYTES", 200_000)  # many parts per file
+    rng = random.Random(3)
+    src = tmp_path / "src"
+    src.mkdir()
+    big = rng.randbytes(3_000_000)
+    (src / "big").write_bytes(big)
+    with (src / "sparse").open("wb") as f:
+        f.write(rng.randbytes(300_000))
+        f.seek(5_000_000)
+        f.write(rng.randbytes(300_000))
+    for i in range(100):
+        (src / f"small{i}").write_bytes(rng.randbytes(i * 37))
+    backend = MemoryBackend()
+    repo = make_repo(backend, tmp_path / "cache")
+    with repo:
+        snap = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+        stats = restore(repo, snap, tmp_path / "out")
+        assert stats.errors == []
+        assert tree_differences(src, tmp_path / "out") == []
+        # Damage one chunk in the middle of the big file: only that file fails.
+        node = next(n for n in repo.load_tree(snap.tree) if n.name == b"big")
+        victim = node.content[len(node.content) // 2]
+        assert isinstance(victim, bytes)
+        loc = repo.index.lookup(victim)
+        assert loc is not None
+        from rekindle.repository.repo import pack_name
+
+        name = pack_name(loc.entry.kind, loc.pack)
+        raw = bytearray(backend.raw(name))
+        raw[loc.entry.offset + 20] ^= 1
+        backend.poke(name, bytes(raw))
+        stats2 = restore(repo, snap, tmp_path / "out2")
+    assert [p for p, _ in stats2.errors] == ["big"]
+    assert stats2.damaged == 1
+    assert (tmp_path / "out2" / "small99").read_bytes() == (src / "small99").read_bytes()
