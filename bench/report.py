@@ -88,14 +88,34 @@ def load(path: Path) -> tuple[dict[str, object], list[dict[str, object]]]:
     return meta, records
 
 
-def values(records: list[dict[str, object]], tool: str, m: Metric) -> dict[int, float]:
+def load_all(paths: list[Path]) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """Pool several runs of the same dataset; reps become "run.rep" when there are several."""
+    meta: dict[str, object] = {}
+    pooled: list[dict[str, object]] = []
+    for i, path in enumerate(paths):
+        m, records = load(path)
+        if meta and m.get("dataset") != meta.get("dataset"):
+            raise SystemExit(f"{path}: another dataset than {paths[0]}; not pooled")
+        meta = meta or m
+        for r in records:
+            r["rep"] = f"{i + 1}.{r['rep']}" if len(paths) > 1 else str(r["rep"])
+        pooled += records
+    return meta, pooled
+
+
+def other_load(rec: dict[str, object]) -> float:
+    v = rec.get("other")
+    return float(v) if isinstance(v, int | float) else 0.0
+
+
+def values(records: list[dict[str, object]], tool: str, m: Metric) -> dict[str, float]:
     """Per-repetition values of one metric for one tool (rep -> value)."""
-    out: dict[int, float] = {}
+    out: dict[str, float] = {}
     for r in records:
         if r["tool"] == tool and r["phase"] == m.phase:
             v = m.value(r)
             if v is not None:
-                out[int(str(r["rep"]))] = v
+                out[str(r["rep"])] = v
     return out
 
 
@@ -108,7 +128,7 @@ def summary(vals: list[float], fmt: str) -> str:
     return f"{med} ({fmt.format(min(vals))}..{fmt.format(max(vals))})"
 
 
-def ratio(subj: dict[int, float], peer: dict[int, float]) -> tuple[float | None, list[float]]:
+def ratio(subj: dict[str, float], peer: dict[str, float]) -> tuple[float | None, list[float]]:
     """Ratio of medians, and the per-repetition ratios (same rep, both tools)."""
     if not subj or not peer or statistics.median(peer.values()) == 0:
         return None, []
@@ -174,6 +194,8 @@ def markdown(
     rows: list[dict[str, object]],
     base: str,
     other: str | None,
+    dropped: list[dict[str, object]] | None = None,
+    max_other: float | None = None,
 ) -> str:
     ds = meta.get("dataset")
     ds = ds if isinstance(ds, dict) else {}
@@ -211,16 +233,19 @@ def markdown(
     checks = ", ".join("{}: {}/{}".format(t, *verified(records, t)) for t in tools)
     lines += ["", f"restores verified identical to the source: {checks}"]
     noisy = [
-        f"rep {r['rep']} {r['tool']} {r['phase']} {float(str(r['other'])):.2f}"
+        f"rep {r['rep']} {r['tool']} {r['phase']} {other_load(r):.2f}"
         for r in records
-        if r["tool"] in tools
-        and isinstance(r.get("other"), int | float)
-        and float(str(r["other"])) > NOISY_OTHER
+        if r["tool"] in tools and other_load(r) > NOISY_OTHER
     ]
     lines.append(
         f"commands with other CPU load > {NOISY_OTHER} cores (other jobs or writeback; "
         f"their timings are suspect): {', '.join(noisy) if noisy else 'none'}"
     )
+    if dropped:
+        lines.append(
+            f"left out (--max-other {max_other}): "
+            + ", ".join(f"rep {r['rep']} {r['tool']} {r['phase']}" for r in dropped)
+        )
     targeted = [r for r in rows if r["target"] is not None]
     passed = sum(1 for r in targeted if r["verdict"] == "PASS")
     lines.append(f"targets met: {passed}/{len(targeted)}")
@@ -229,29 +254,44 @@ def markdown(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path, help="peers-*.jsonl, or a results dir (newest file)")
+    ap.add_argument(
+        "results",
+        type=Path,
+        nargs="+",
+        help="peers-*.jsonl, or a results dir (its newest file); several runs are pooled",
+    )
     ap.add_argument("--base", default="restic", help="peer the targets refer to (restic)")
     ap.add_argument("--other", default=None, help="second peer (default: the first borg-*)")
     ap.add_argument("--markdown", type=Path, help="also write the table here")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument(
+        "--max-other",
+        type=float,
+        default=None,
+        help="leave out commands during which others used more CPU than this (cores)",
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     a = ap.parse_args(argv)
 
-    path = find_results(a.results)
-    meta, records = load(path)
+    paths = [find_results(p) for p in a.results]
+    meta, records = load_all(paths)
+    dropped: list[dict[str, object]] = []
+    if a.max_other is not None:
+        dropped = [r for r in records if r["tool"] != "-" and other_load(r) > a.max_other]
+        records = [r for r in records if not (r["tool"] != "-" and other_load(r) > a.max_other)]
     tools = sorted({str(r["tool"]) for r in records} - {"-"})
     if SUBJECT not in tools or a.base not in tools:
-        print(f"{path}: need results for {SUBJECT} and {a.base}, found {tools}", file=sys.stderr)
+        print(f"{paths}: need results for {SUBJECT} and {a.base}, found {tools}", file=sys.stderr)
         return 2
     other = a.other or next((t for t in tools if t.startswith("borg")), None)
     rows = build(meta, records, a.base, other)
-    text = markdown(meta, records, rows, a.base, other)
+    text = markdown(meta, records, rows, a.base, other, dropped, a.max_other)
     print(text, end="")
     if a.markdown:
         a.markdown.write_text(text)
     if a.json:
         clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-        doc = {"source": str(path), "meta": meta, "rows": clean}
+        doc = {"sources": [str(p) for p in paths], "meta": meta, "rows": clean}
         a.json.write_text(json.dumps(doc, indent=1) + "\n")
     failed = any(r["verdict"] == "FAIL" for r in rows)
     return 1 if a.strict and failed else 0

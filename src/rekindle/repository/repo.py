@@ -39,7 +39,7 @@ from rekindle.format.pack import BlobEntry
 from rekindle.format.registry import BlobKind, FileKind, KeyKind, prefix_for
 from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import Node, decode_tree
-from rekindle.repository.index import LocalIndex
+from rekindle.repository.index import LocalIndex, Location
 from rekindle.store.base import Backend
 
 
@@ -267,9 +267,11 @@ class Repository:
                 self._pack_keys.popitem(last=False)
         return k
 
-    def read_blob(self, chunk_id: bytes) -> bytes:
-        """The verified plaintext of a chunk; tries every copy the index knows of."""
-        locations = self.index.lookup_all(chunk_id)
+    def read_blob(self, chunk_id: bytes, locations: list[Location] | None = None) -> bytes:
+        """The verified plaintext of a chunk; tries every copy the index knows of (or the
+        `locations` a caller looked up in advance)."""
+        if locations is None:
+            locations = self.index.lookup_all(chunk_id)
         if not locations:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is not in the index")
         error: RekindleError | None = None

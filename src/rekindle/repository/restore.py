@@ -29,6 +29,7 @@ from rekindle.core.errors import IntegrityError, ObjectNotFoundError, RekindleEr
 from rekindle.format.registry import NodeType
 from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import Node, safe_name
+from rekindle.repository.index import Location
 from rekindle.repository.repo import Repository
 
 MAX_INFLIGHT = 256
@@ -40,13 +41,26 @@ PART_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
+class _Dir:
+    """An open destination directory. Writer threads create small files in it, so it stays
+    open, and its metadata (times, mode) waits, until the walk and every such file are done."""
+
+    fd: int
+    node: Node | None  # None: the target itself (its metadata is left alone)
+    full: bool
+    refs: int = 1  # the walk's own reference
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
 class _OpenFile:
     """A file being written, possibly by several threads (one per part)."""
 
-    fd: int
+    fd: int  # -1: not created yet; the writer thread creates it in `dir`
     node: Node
     relb: bytes
     parts: int
+    dir: _Dir | None = None  # set when the writer thread creates the file
     failed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,7 +140,8 @@ class Restorer:
             with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="restore") as pool:
                 self._pool = pool
                 nodes = self.repo.load_tree(self.snapshot.tree)
-                self._restore_dir(nodes, root_fd, b"", "", full=not self._includes)
+                root = _Dir(root_fd, None, full=False, refs=2)  # never closed by refs
+                self._restore_dir(nodes, root, b"", "", full=not self._includes)
                 self._flush_small()
                 for f in self._futures:
                     f.result()
@@ -141,8 +156,9 @@ class Restorer:
             self.stats.damaged += damaged
 
     def _restore_dir(
-        self, nodes: list[Node], dir_fd: int, relb: bytes, rel: str, *, full: bool
+        self, nodes: list[Node], parent: _Dir, relb: bytes, rel: str, *, full: bool
     ) -> None:
+        dir_fd = parent.fd
         seen: set[bytes] = set()
         for node in nodes:
             name = node.name
@@ -164,7 +180,7 @@ class Restorer:
                 if node.type is NodeType.DIR:
                     self._dir(node, dir_fd, child_relb, child_rel, full=restore_all)
                 elif node.type is NodeType.FILE:
-                    self._file(node, dir_fd, child_relb)
+                    self._file(node, parent, child_relb)
                 elif node.type is NodeType.SYMLINK:
                     self._symlink(node, dir_fd)
                 elif node.type in (NodeType.FIFO, NodeType.CHARDEV, NodeType.BLOCKDEV):
@@ -181,15 +197,28 @@ class Restorer:
             os.mkdir(node.name, 0o700, dir_fd=parent_fd)
         # O_NOFOLLOW: an existing symlink at this name fails here instead of being followed.
         fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        d = _Dir(fd, node, full)
         try:
             with self.stats.lock:
                 self.stats.dirs += 1
             children = self.repo.load_tree(node.subtree) if node.subtree else []
-            self._restore_dir(children, fd, relb, rel, full=full)
-            if full:
-                self._set_meta(fd, node)
+            self._restore_dir(children, d, relb, rel, full=full)
         finally:
-            os.close(fd)
+            self._release_dir(d)
+
+    def _release_dir(self, d: _Dir) -> None:
+        with d.lock:
+            d.refs -= 1
+            last = d.refs == 0
+        if not last:
+            return
+        try:
+            if d.full and d.node is not None:
+                self._set_meta(d.fd, d.node)
+        except OSError as e:
+            self._error(os.fsdecode(d.node.name) if d.node else "", _reason(e))
+        finally:
+            os.close(d.fd)
 
     def _open_new(self, node: Node, dir_fd: int, relb: bytes) -> tuple[int, bytes] | None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -216,7 +245,22 @@ class Restorer:
         os.unlink(name, dir_fd=dir_fd)
         return os.open(name, flags, 0o600, dir_fd=dir_fd), name
 
-    def _file(self, node: Node, dir_fd: int, relb: bytes) -> None:
+    def _file(self, node: Node, parent: _Dir, relb: bytes) -> None:
+        dir_fd = parent.fd
+        linked = bool(node.nlink and node.nlink > 1 and node.inode is not None)
+        if not linked and node.size <= PART_BYTES:
+            # Created and written by a writer thread: file creation is the slow part of
+            # restoring many small files, and it runs in parallel there.
+            with self.stats.lock:
+                self.stats.bytes_total += node.size
+            self._slots.acquire()
+            with parent.lock:
+                parent.refs += 1
+            f = _OpenFile(-1, node, relb, parts=1, dir=parent)
+            self._small.append((f, list(node.content), 0, node.size))
+            if len(self._small) >= BATCH_FILES:
+                self._flush_small()
+            return
         if node.nlink and node.nlink > 1 and node.inode is not None and node.device is not None:
             key = (node.device, node.inode)
             first = self._links.get(key)
@@ -236,8 +280,8 @@ class Restorer:
             return
         fd, actual = opened
         if node.nlink and node.nlink > 1 and node.inode is not None and node.device is not None:
-            parent = relb.rsplit(b"/", 1)[0] if b"/" in relb else b""
-            self._links[(node.device, node.inode)] = parent + b"/" + actual if parent else actual
+            up = relb.rsplit(b"/", 1)[0] if b"/" in relb else b""
+            self._links[(node.device, node.inode)] = up + b"/" + actual if up else actual
         with self.stats.lock:
             self.stats.bytes_total += node.size
         self._slots.acquire()
@@ -289,10 +333,24 @@ class Restorer:
             self._futures.append(self._pool.submit(self._write_batch, batch))
 
     def _write_batch(self, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]) -> None:
+        # One index query for the whole batch instead of one per chunk.
+        where = self.repo.index.lookup_many(
+            i for _, items, _, _ in batch for i in items if isinstance(i, bytes)
+        )
         for f, items, start, end in batch:
-            self._write_part(f, items, start, end)
+            self._write_part(f, items, start, end, where)
 
-    def _write_part(self, f: _OpenFile, items: list[bytes | int], start: int, end: int) -> None:
+    def _write_part(
+        self,
+        f: _OpenFile,
+        items: list[bytes | int],
+        start: int,
+        end: int,
+        where: dict[bytes, list[Location]] | None = None,
+    ) -> None:
+        if f.fd < 0:
+            self._create_and_write(f, items, end, where)
+            return
         try:
             if not f.failed:
                 pos = start
@@ -300,7 +358,7 @@ class Restorer:
                     if isinstance(item, int):
                         pos += item  # a hole: seek over it, it stays sparse
                         continue
-                    data = self.repo.read_blob(item)
+                    data = self.repo.read_blob(item, where.get(item) if where else None)
                     view = memoryview(data)
                     while view:
                         n = os.pwrite(f.fd, view, pos)
@@ -323,6 +381,29 @@ class Restorer:
             last = f.parts == 0
         if last:
             self._finish_file(f)
+
+    def _create_and_write(
+        self,
+        f: _OpenFile,
+        items: list[bytes | int],
+        end: int,
+        where: dict[bytes, list[Location]] | None,
+    ) -> None:
+        assert f.dir is not None  # noqa: S101 - only queued that way
+        try:
+            opened = self._open_new(f.node, f.dir.fd, f.relb)
+        except OSError as e:
+            self._error(f.relb, _reason(e))
+            opened = None
+        if opened is None:  # skipped (existing file) or failed
+            self._slots.release()
+            self._release_dir(f.dir)
+            return
+        f.fd = opened[0]
+        try:
+            self._write_part(f, items, 0, end, where)
+        finally:
+            self._release_dir(f.dir)
 
     def _finish_file(self, f: _OpenFile) -> None:
         try:

@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from rekindle.core.errors import (
 from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
 
 _TMP = ".tmp-"
+_PACK_PREFIXES = ("data/", "tree/")
+_MAX_OPEN_PACKS = 64
 
 
 def _storage_error(e: OSError, what: str) -> StorageError:
@@ -38,6 +41,13 @@ def _storage_error(e: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {e.strerror or e}")
 
 
+@dataclass
+class _OpenPack:
+    fd: int
+    users: int = 0
+    evicted: bool = False
+
+
 class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root).absolute()
@@ -45,6 +55,8 @@ class LocalBackend(Backend):
         self._fsync = fsync
         self._made_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
+        self._fds: dict[Path, _OpenPack] = {}  # open pack files, least recently used first
+        self._fds_lock = threading.Lock()
 
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
@@ -105,15 +117,59 @@ class LocalBackend(Backend):
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
         try:
-            with open(path, "rb") as f:
-                if offset:
-                    f.seek(offset)
-                data = f.read() if length is None else f.read(length)
+            if length is not None and name.startswith(_PACK_PREFIXES):
+                # Packs are immutable and read blob by blob: keep a few open (one pread per
+                # blob instead of open, seek, read, close).
+                data = self._pread_pack(path, offset, length)
+            else:
+                with open(path, "rb") as f:
+                    if offset:
+                        f.seek(offset)
+                    data = f.read() if length is None else f.read(length)
         except OSError as e:
             raise _storage_error(e, f"reading {name}") from None
         if length is not None and len(data) != length:
             raise StorageError(f"{name}: short read ({len(data)} of {length} bytes at {offset})")
         return data
+
+    def _pread_pack(self, path: Path, offset: int, length: int) -> bytes:
+        with self._fds_lock:
+            entry = self._fds.pop(path, None)
+            if entry is not None:
+                self._fds[path] = entry  # most recently used last
+                entry.users += 1
+        if entry is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            with self._fds_lock:
+                entry = self._fds.get(path)
+                if entry is not None:  # another thread opened it meanwhile
+                    os.close(fd)
+                else:
+                    entry = self._fds[path] = _OpenPack(fd)
+                    while len(self._fds) > _MAX_OPEN_PACKS:
+                        self._evict(next(iter(self._fds)))
+                entry.users += 1
+        try:
+            return os.pread(entry.fd, length, offset)
+        finally:
+            with self._fds_lock:
+                entry.users -= 1
+                if entry.evicted and entry.users == 0:
+                    os.close(entry.fd)
+
+    def _evict(self, path: Path) -> None:
+        """Forget an open pack (lock held); it is closed once no thread reads through it."""
+        entry = self._fds.pop(path, None)
+        if entry is None:
+            return
+        entry.evicted = True
+        if entry.users == 0:
+            os.close(entry.fd)
+
+    def close(self) -> None:
+        with self._fds_lock:
+            for path in list(self._fds):
+                self._evict(path)
 
     def stat(self, name: str) -> ObjectInfo:
         try:
@@ -145,6 +201,8 @@ class LocalBackend(Backend):
 
     def delete(self, name: str) -> None:
         path = self._path(name)
+        with self._fds_lock:
+            self._evict(path)
         try:
             path.unlink()
         except OSError as e:

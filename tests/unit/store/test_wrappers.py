@@ -179,3 +179,29 @@ def test_location_parsing(tmp_path: Path) -> None:
         open_backend("ftp://host/x")
     with pytest.raises(UsageError):
         open_backend("s3:///prefix-without-bucket")
+
+
+def test_local_pack_reads_reuse_a_bounded_set_of_descriptors(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rekindle.store import local as local_mod
+
+    b = LocalBackend(tmp_path)
+    names = [f"data/{i:02x}/{i:02x}{'0' * 62}" for i in range(local_mod._MAX_OPEN_PACKS * 2)]
+    for i, n in enumerate(names):
+        b.write(n, bytes([i % 256]) * 1000)
+    before = len(os.listdir("/proc/self/fd"))
+
+    def read_all(k: int) -> None:
+        for i, n in enumerate(names[k:] + names[:k]):
+            j = (i + k) % len(names)
+            assert b.read(n, 10 + j % 7, 5) == bytes([j % 256]) * 5
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(read_all, range(0, 40, 10)))
+    assert len(os.listdir("/proc/self/fd")) <= before + local_mod._MAX_OPEN_PACKS
+    b.delete(names[0])
+    with pytest.raises(ObjectNotFoundError):
+        b.read(names[0], 0, 5)
+    b.close()
+    assert len(os.listdir("/proc/self/fd")) <= before
