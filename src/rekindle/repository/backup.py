@@ -48,6 +48,7 @@ READ_SEGMENT = 4 * 1024 * 1024
 BATCH_FILES = 64
 BATCH_BYTES = 8 * 1024 * 1024
 MAX_INFLIGHT_FILES = 4096  # finalize finished directories beyond this many queued files
+MAX_QUEUED_DIRS = 256  # ... or beyond this many walked directories (bounds memory)
 
 
 @dataclass
@@ -440,7 +441,9 @@ class Archiver:
                 self._add_file(frame, child_node, child, st)
         self._submit_queued(frame)
         self._frames.append(frame)
-        while self._inflight > MAX_INFLIGHT_FILES and len(self._frames) > 1:
+        while len(self._frames) > 1 and (
+            self._inflight > MAX_INFLIGHT_FILES or len(self._frames) > MAX_QUEUED_DIRS
+        ):
             self._finalize(self._frames.popleft())
 
     def _finalize(self, frame: _Frame) -> list[bytes]:
