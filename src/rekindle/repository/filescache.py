@@ -31,7 +31,10 @@ class FilesCache:
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute("CREATE TABLE IF NOT EXISTS dirs (path BLOB PRIMARY KEY, data BLOB)")
         self._db.execute("CREATE TABLE IF NOT EXISTS generation (name TEXT PRIMARY KEY)")
-        self._pending: list[tuple[bytes, bytes]] = []
+        # Staged rows live in a temporary table, not in memory: memory stays flat however
+        # many directories a backup walks. A crashed backup's staged rows vanish with it.
+        self._db.execute("CREATE TEMP TABLE staged (path BLOB PRIMARY KEY, data BLOB)")
+        self._batch: list[tuple[bytes, bytes]] = []
 
     def get(self, path: bytes) -> DirEntries | None:
         row = self._db.execute("SELECT data FROM dirs WHERE path = ?", (path,)).fetchone()
@@ -45,19 +48,29 @@ class FilesCache:
 
     def put(self, path: bytes, entries: DirEntries) -> None:
         """Staged until `commit`: the cache only changes once a backup has succeeded."""
-        self._pending.append((path, msgpack.packb(entries, use_bin_type=True)))
+        self._batch.append((path, msgpack.packb(entries, use_bin_type=True)))
+        if len(self._batch) >= 256:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO staged VALUES (?, ?)", self._batch)
+            self._db.execute("COMMIT")
+            self._batch = []
 
     def generation_valid(self, current_index_files: set[str]) -> bool:
         names = {r[0] for r in self._db.execute("SELECT name FROM generation")}
         return bool(names) and names <= current_index_files
 
     def commit(self, index_files: set[str]) -> None:
+        self._flush()
         self._db.execute("BEGIN")
-        self._db.executemany("INSERT OR REPLACE INTO dirs VALUES (?, ?)", self._pending)
+        self._db.execute("INSERT OR REPLACE INTO dirs SELECT path, data FROM staged")
+        self._db.execute("DELETE FROM staged")
         self._db.execute("DELETE FROM generation")
         self._db.executemany("INSERT INTO generation VALUES (?)", ((n,) for n in index_files))
         self._db.execute("COMMIT")
-        self._pending = []
 
     def close(self) -> None:
         self._db.close()
