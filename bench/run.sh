@@ -13,9 +13,9 @@
 #   BENCH_VENV      virtualenv for Borg (and py-spy); the harness runs with its python
 #                   (/tmp/rekindle-bench/venv)
 #   BENCH_REKINDLE  the rekindle command (<repo>/.venv/bin/rekindle)
-#   BENCH_PIN       1: benchmark the committed HEAD, installed (not editable) into
-#                   /tmp/rekindle-bench/rekindle-<commit>/venv, so that edits to src/ made while
-#                   the benchmark runs do not change the code under test (0)
+#   BENCH_PIN       1: benchmark a commit (BENCH_COMMIT, default HEAD), installed (not
+#                   editable) into /tmp/rekindle-bench/rekindle-<commit>/venv, so that edits to
+#                   src/ made while the benchmark runs do not change the code under test (0)
 #   BENCH_ARGS      extra harness options, e.g. "--cooldown 1" or "--cache cold"
 # Needs root (or sudo) only when something has to be installed. A full run needs ~35 GB of disk
 # and takes 20-40 minutes; wait >= 6 minutes after a previous run's cleanup (see the harness
@@ -31,6 +31,7 @@ BENCH_VENV="${BENCH_VENV:-/tmp/rekindle-bench/venv}"
 BENCH_REKINDLE="${BENCH_REKINDLE:-$REPO_ROOT/.venv/bin/rekindle}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 BENCH_PIN="${BENCH_PIN:-0}"
+BENCH_COMMIT="${BENCH_COMMIT:-HEAD}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -53,20 +54,21 @@ if [ ! -f "$BENCH_HARNESS/run_peers.py" ]; then
     exit 2
 fi
 BENCH_HARNESS="$(cd "$BENCH_HARNESS" && pwd)"
-COMMIT="$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
 if [ "$BENCH_PIN" = 1 ]; then
+    COMMIT="$(git -C "$REPO_ROOT" rev-parse --short=12 "$BENCH_COMMIT^{commit}")"
     PIN_DIR="/tmp/rekindle-bench/rekindle-$COMMIT"
     if [ ! -x "$PIN_DIR/venv/bin/rekindle" ]; then
-        log "installing Rekindle $COMMIT (committed HEAD, not the working tree) into $PIN_DIR"
+        log "installing Rekindle $COMMIT (a commit, not the working tree) into $PIN_DIR"
         rm -rf "$PIN_DIR"
         mkdir -p "$PIN_DIR/src"
-        git -C "$REPO_ROOT" archive HEAD | tar -x -C "$PIN_DIR/src"
+        git -C "$REPO_ROOT" archive "$COMMIT" | tar -x -C "$PIN_DIR/src"
         python3 -m venv "$PIN_DIR/venv"
         "$PIN_DIR/venv/bin/pip" install --quiet "$PIN_DIR/src"
     fi
     BENCH_REKINDLE="$PIN_DIR/venv/bin/rekindle"
     CODE="commit $COMMIT (pinned copy)"
 else
+    COMMIT="$(git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
     dirty="$(git -C "$REPO_ROOT" status --porcelain -- src 2>/dev/null | wc -l)"
     CODE="commit $COMMIT, $dirty uncommitted file(s) under src/"
     if [ "$dirty" -gt 0 ]; then

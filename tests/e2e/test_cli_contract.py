@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,10 +27,8 @@ def _src(tmp_path: Path) -> Path:
     return src
 
 
-def test_backup_snapshots_restore_check_stats(cli: Cli, tmp_path: Path) -> None:
-    src = _src(tmp_path)
-    init = cli.run("repo", "init")
-    assert "created repository" in init.stdout
+def _backup_json(cli: Cli, src: Path) -> dict[str, Any]:
+    """`rekindle repo backup --json .` run inside src; its last line as JSON."""
     p = subprocess.run(
         [REKINDLE, "repo", "backup", "--json", "."],
         cwd=src,
@@ -38,7 +37,15 @@ def test_backup_snapshots_restore_check_stats(cli: Cli, tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_backup_snapshots_restore_check_stats(cli: Cli, tmp_path: Path) -> None:
+    src = _src(tmp_path)
+    init = cli.run("repo", "init")
+    assert "created repository" in init.stdout
+    summary = _backup_json(cli, src)
     assert len(summary["id"]) == 64
     assert summary["files_new"] == 3
     assert summary["total_bytes"] == 6000 + 200_000
@@ -67,15 +74,7 @@ def test_backup_snapshots_restore_check_stats(cli: Cli, tmp_path: Path) -> None:
     assert "dir/a.txt" in found
 
     (src / "dir" / "a.txt").write_text("changed")
-    p = subprocess.run(
-        [REKINDLE, "repo", "backup", "--json", "."],
-        cwd=src,
-        env=cli.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    second = json.loads(p.stdout.strip().splitlines()[-1])
+    second = _backup_json(cli, src)
     assert second["files_changed"] == 1 and second["files_unmodified"] == 2
     diff = cli.run("repo", "diff", summary["id"], second["id"]).stdout.splitlines()
     assert diff == ["M dir/a.txt"]

@@ -73,12 +73,18 @@ def _verify_all(cli: Cli, tmp_path: Path, expected: dict[str, Path]) -> None:
         shutil.rmtree(out)
 
 
-@pytest.mark.slow
-def test_kill_backup_at_random_points(cli: Cli, tmp_path: Path) -> None:
-    rng = random.Random(1234)
+def _start(cli: Cli, tmp_path: Path) -> Path:
+    """A repository with small packs (many pack writes to interrupt) and an empty source."""
     src = tmp_path / "src"
     src.mkdir()
     cli.run("repo", "init", "--pack-size-mib", "1")
+    return src
+
+
+@pytest.mark.slow
+def test_kill_backup_at_random_points(cli: Cli, tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    src = _start(cli, tmp_path)
     expected: dict[str, Path] = {}
     kills = 0
     round_ = 0
@@ -105,9 +111,7 @@ def test_kill_backup_at_random_points(cli: Cli, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_kill_prune_at_random_points(cli: Cli, tmp_path: Path) -> None:
     rng = random.Random(99)
-    src = tmp_path / "src"
-    src.mkdir()
-    cli.run("repo", "init", "--pack-size-mib", "1")
+    src = _start(cli, tmp_path)
     expected: dict[str, Path] = {}
     kills = 0
     round_ = 0

@@ -128,6 +128,17 @@ class _Frame:
     queued: list[tuple[Node, bytes, os.stat_result, bytes]] = field(default_factory=list)
 
 
+_NODE_TYPES = {
+    stat.S_IFREG: NodeType.FILE,
+    stat.S_IFDIR: NodeType.DIR,
+    stat.S_IFLNK: NodeType.SYMLINK,
+    stat.S_IFCHR: NodeType.CHARDEV,
+    stat.S_IFBLK: NodeType.BLOCKDEV,
+    stat.S_IFIFO: NodeType.FIFO,
+    stat.S_IFSOCK: NodeType.SOCKET,
+}
+
+
 def _owner_names() -> Callable[[int, int], tuple[str | None, str | None]]:
     users: dict[int, str | None] = {}
     groups: dict[int, str | None] = {}
@@ -318,20 +329,7 @@ class Archiver:
 
     def _node(self, name: bytes, st: os.stat_result, path: bytes) -> Node:
         mode = st.st_mode
-        if stat.S_ISREG(mode):
-            t = NodeType.FILE
-        elif stat.S_ISDIR(mode):
-            t = NodeType.DIR
-        elif stat.S_ISLNK(mode):
-            t = NodeType.SYMLINK
-        elif stat.S_ISCHR(mode):
-            t = NodeType.CHARDEV
-        elif stat.S_ISBLK(mode):
-            t = NodeType.BLOCKDEV
-        elif stat.S_ISFIFO(mode):
-            t = NodeType.FIFO
-        else:
-            t = NodeType.SOCKET
+        t = _NODE_TYPES.get(stat.S_IFMT(mode), NodeType.SOCKET)
         user, group = self._names(st.st_uid, st.st_gid)
         node = Node(
             name=name,
