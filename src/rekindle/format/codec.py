@@ -44,13 +44,20 @@ def encode(data: bytes | memoryview, level: int) -> bytes:
     return bytes((Codec.NONE,)) + data
 
 
-def decode(payload: bytes, what: str) -> bytes:
+def decode(payload: bytes | memoryview, what: str) -> bytes:
+    out = decode_view(payload, what)
+    return out if isinstance(out, bytes) else bytes(out)
+
+
+def decode_view(payload: bytes | memoryview, what: str) -> bytes | memoryview:
+    """`decode` without copying stored (uncompressed) payloads: those come back as a view
+    into `payload`."""
     if not payload:
         raise FormatError(f"{what}: empty payload")
     codec = payload[0]
     body = memoryview(payload)[1:]
     if codec == Codec.NONE:
-        return bytes(body)
+        return body
     if codec == Codec.ZSTD:
         try:
             declared = zstandard.frame_content_size(body)

@@ -92,6 +92,28 @@ class Sealer:
         self._aead.encrypt_into(nonce, plaintext, aad, out[NONCE_SIZE:])
 
 
+def open_sealed_into(
+    key: bytes, sealed: bytes | memoryview, aad: bytes, what: str, out: bytearray
+) -> memoryview:
+    """`open_sealed` into a reusable buffer; returns a view of the plaintext, valid until the
+    buffer is used again. Fresh memory is slow to touch, and the decryption holds the GIL, so
+    reusing the buffer matters for restore speed. A message larger than the buffer gets a
+    buffer of its own (views into `out` may still exist, so it is never resized)."""
+    n = len(sealed) - NONCE_SIZE - TAG_SIZE
+    if n < 0:
+        raise IntegrityError(f"{what}: too short to be encrypted data")
+    if len(out) < n:
+        out = bytearray(n)
+    mv = memoryview(sealed)
+    view = memoryview(out)[:n]
+    try:
+        AESGCM(key).decrypt_into(mv[:NONCE_SIZE], mv[NONCE_SIZE:], aad, view)
+    except InvalidTag:
+        view.release()
+        raise IntegrityError(f"{what}: authentication failed (damaged or tampered)") from None
+    return view
+
+
 def open_sealed(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
     """Inverse of seal; raises IntegrityError naming `what` on any damage."""
     if len(sealed) < NONCE_SIZE + TAG_SIZE:

@@ -19,6 +19,7 @@ from rekindle.format.crypto import (
     RepoKeys,
     Sealer,
     open_sealed,
+    open_sealed_into,
     seal,
 )
 from rekindle.format.registry import BlobKind
@@ -170,16 +171,28 @@ def open_blob(
 ) -> bytes:
     """Decrypt, decompress and verify one blob. Raises IntegrityError on any mismatch."""
     _, salt = parse_header(head, what)
-    return open_blob_with_key(keys, keys.pack_key(salt), entry, sealed, what)
+    return bytes(open_blob_with_key(keys, keys.pack_key(salt), entry, sealed, what))
 
 
 def open_blob_with_key(
-    keys: RepoKeys, pack_key: bytes, entry: BlobEntry, sealed: bytes | memoryview, what: str
-) -> bytes:
+    keys: RepoKeys,
+    pack_key: bytes,
+    entry: BlobEntry,
+    sealed: bytes | memoryview,
+    what: str,
+    *,
+    scratch: bytearray | None = None,
+) -> bytes | memoryview:
+    """Decrypt, decompress and verify one blob. With `scratch`, decryption goes into that
+    reusable buffer and the result may be a view into it (valid until its next use)."""
     if len(sealed) != entry.length:
         raise IntegrityError(f"{what}: blob {entry.id.hex()[:16]} is truncated")
-    payload = open_sealed(pack_key, sealed, blob_aad(entry.kind, entry.id), what)
-    plain = codec.decode(payload, what)
+    aad = blob_aad(entry.kind, entry.id)
+    plain: bytes | memoryview
+    if scratch is None:
+        plain = codec.decode(open_sealed(pack_key, sealed, aad, what), what)
+    else:
+        plain = codec.decode_view(open_sealed_into(pack_key, sealed, aad, what, scratch), what)
     if len(plain) != entry.raw_length or keys.chunk_id(plain) != entry.id:
         raise IntegrityError(f"{what}: blob {entry.id.hex()[:16]} does not match its id")
     return plain

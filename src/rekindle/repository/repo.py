@@ -270,6 +270,16 @@ class Repository:
     def read_blob(self, chunk_id: bytes, locations: list[Location] | None = None) -> bytes:
         """The verified plaintext of a chunk; tries every copy the index knows of (or the
         `locations` a caller looked up in advance)."""
+        return bytes(self.read_blob_view(chunk_id, locations))
+
+    def read_blob_view(
+        self,
+        chunk_id: bytes,
+        locations: list[Location] | None = None,
+        scratch: bytearray | None = None,
+    ) -> bytes | memoryview:
+        """`read_blob`, decrypting into `scratch` when given: the result may then be a view
+        into it, valid until its next use (restore writes it out at once)."""
         if locations is None:
             locations = self.index.lookup_all(chunk_id)
         if not locations:
@@ -277,17 +287,19 @@ class Repository:
         error: RekindleError | None = None
         for loc in locations:
             try:
-                return self.read_blob_at(loc.pack, loc.entry)
+                return self.read_blob_at(loc.pack, loc.entry, scratch)
             except (IntegrityError, ObjectNotFoundError) as e:
                 error = e
         assert error is not None  # noqa: S101 - the loop ran at least once
         raise error
 
-    def read_blob_at(self, pack_id: bytes, entry: BlobEntry) -> bytes:
+    def read_blob_at(
+        self, pack_id: bytes, entry: BlobEntry, scratch: bytearray | None = None
+    ) -> bytes | memoryview:
         name = pack_name(entry.kind, pack_id)
         key = self.pack_key(entry.kind, pack_id)
         sealed = self.backend.read(name, entry.offset, entry.length)
-        return pack.open_blob_with_key(self.keys, key, entry, sealed, name)
+        return pack.open_blob_with_key(self.keys, key, entry, sealed, name, scratch=scratch)
 
     def read_pack_table(self, kind: BlobKind, pack_id: bytes) -> list[BlobEntry]:
         """A pack's own blob table: the truth `repair` and `check` compare the index with."""

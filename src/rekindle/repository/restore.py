@@ -119,6 +119,7 @@ class Restorer:
         self._links: dict[tuple[int, int], bytes] = {}  # (device, inode) -> path from root
         self._futures: list[Future[None]] = []
         self._small: list[tuple[_OpenFile, list[bytes | int], int, int]] = []
+        self._local = threading.local()
         self._progress = progress
 
     # -- selection -----------------------------------------------------------------------------
@@ -358,7 +359,9 @@ class Restorer:
                     if isinstance(item, int):
                         pos += item  # a hole: seek over it, it stays sparse
                         continue
-                    data = self.repo.read_blob(item, where.get(item) if where else None)
+                    data = self.repo.read_blob_view(
+                        item, where.get(item) if where else None, self._scratch()
+                    )
                     view = memoryview(data)
                     while view:
                         n = os.pwrite(f.fd, view, pos)
@@ -381,6 +384,14 @@ class Restorer:
             last = f.parts == 0
         if last:
             self._finish_file(f)
+
+    def _scratch(self) -> bytearray:
+        """This thread's reusable decryption buffer."""
+        buf: bytearray | None = getattr(self._local, "scratch", None)
+        if buf is None:
+            # The largest blob plaintext plus the codec byte: never needs to grow.
+            buf = self._local.scratch = bytearray(self.repo.config.chunk_max + 1)
+        return buf
 
     def _create_and_write(
         self,
