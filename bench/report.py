@@ -137,12 +137,17 @@ def ratio(subj: dict[str, float], peer: dict[str, float]) -> tuple[float | None,
     return med, per_rep
 
 
-def ratio_text(med: float | None, per_rep: list[float]) -> str:
+def ratio_text(med: float | None, per_rep: list[float], target: float | None = None) -> str:
     if med is None:
         return "-"
+    # Three decimals where two would hide which side of the target the ratio is on.
+    digits = 2
+    while target is not None and digits < 5 and round(med, digits) == target:
+        digits += 1
+    text = f"{med:.{digits}f}"
     if len(per_rep) > 1:
-        return f"{med:.2f} ({min(per_rep):.2f}..{max(per_rep):.2f})"
-    return f"{med:.2f}"
+        text += f" ({min(per_rep):.2f}..{max(per_rep):.2f})"
+    return text
 
 
 def verified(records: list[dict[str, object]], tool: str) -> tuple[int, int]:
@@ -175,7 +180,7 @@ def build(
             f"{SUBJECT}/{base} per rep": per_rep,
             "target": m.target,
             "verdict": verdict,
-            "_ratio_text": ratio_text(med, per_rep),
+            "_ratio_text": ratio_text(med, per_rep, m.target),
         }
         if other:
             oth = values(records, other, m)

@@ -62,6 +62,11 @@ class LiveProgress:
         self._live: Live | None = None
         self._thread: threading.Thread | None = None
 
+    @property
+    def enabled(self) -> bool:
+        """Whether a live line is shown (stderr is a terminal, unless forced)."""
+        return self._enabled
+
     def __enter__(self) -> LiveProgress:
         if self._enabled:
             self._live = Live(

@@ -178,7 +178,9 @@ def backup(
         host=host,
     )
     stats = BackupStats()
-    with open_repo() as repo, LiveProgress(lambda: backup_line(stats), enabled=None):
+    live = LiveProgress(lambda: backup_line(stats), enabled=None)
+    opts.estimate = live.enabled
+    with open_repo() as repo, live:
         result = run_backup(repo, opts, stats)
     snap = result.snapshot
     summary = {

@@ -86,7 +86,9 @@ class PackBuilder:
         """A view of the next n bytes of the buffer, growing it when needed."""
         need = self._size + n
         if len(self.buffer) < need:
-            self.buffer.extend(bytes(max(need - len(self.buffer), len(self.buffer) // 2)))
+            # Grow in 4 MiB steps: a buffer is reused pack after pack, so it settles at
+            # the pack size plus one blob instead of 1.5 times the pack size.
+            self.buffer.extend(bytes(max(need - len(self.buffer), 4 << 20)))
         view = memoryview(self.buffer)[self._size : need]
         self._size = need
         return view

@@ -61,6 +61,9 @@ class BackupOptions:
     server: str | None = None
     workers: int = 3
     cwd: str | None = None  # where relative paths are resolved (default: os.getcwd())
+    # Count the files ahead of the backup for an ETA. Costs interpreter time (the GIL), so
+    # only worth it when someone watches the progress.
+    estimate: bool = True
 
 
 @dataclass
@@ -510,12 +513,17 @@ class Archiver:
             self.repo.sync_index()
             self._cache_trusted = self.files_cache.generation_valid(self.repo.index_file_names())
             self._pool = pool
-            scanner = start_scanner([p for _, p in layout.leaves], self.stats)
+            scanner = (
+                start_scanner([p for _, p in layout.leaves], self.stats)
+                if self.opts.estimate
+                else None
+            )
             try:
                 root_ids = self._backup_layout(layout)
                 self.writer.flush()
             finally:
-                scanner.stop()
+                if scanner is not None:
+                    scanner.stop()
                 self.writer.close()
             with self.stats.lock:
                 self.stats.bytes_added = self.writer.bytes_added

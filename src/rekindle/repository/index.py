@@ -37,6 +37,9 @@ CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack);
 """
 
 
+_BLOOM_AFTER = 4096  # lookups answered by SQLite before the Bloom filter is built
+
+
 class _Bloom:
     """A Bloom filter over chunk ids, so that the common "not stored yet" answer of a backup
     costs no database query. Ids are keyed hashes, already uniformly random: the filter's
@@ -93,7 +96,8 @@ class LocalIndex:
             # The cache can always be rebuilt from the backend: durability is not needed.
             self._db.execute("PRAGMA synchronous = OFF")
             self._db.executescript(_SCHEMA)
-        self._bloom: _Bloom | None = None  # built on the first `contains`
+        self._bloom: _Bloom | None = None  # built once lookups are many (see `contains`)
+        self._lookups = 0
 
     def close(self) -> None:
         with self._lock:
@@ -184,8 +188,12 @@ class LocalIndex:
         with self._lock:
             bloom = self._bloom
             if bloom is None:
-                bloom = self._bloom = self._build_bloom()
-            if not bloom.may_contain(chunk_id):
+                # Building the filter reads every id once: worth it for a backup that stores
+                # new data (thousands of lookups), not for one that finds nothing new.
+                self._lookups += 1
+                if self._lookups > _BLOOM_AFTER:
+                    bloom = self._bloom = self._build_bloom()
+            if bloom is not None and not bloom.may_contain(chunk_id):
                 return False
             row = self._db.execute(
                 "SELECT 1 FROM blobs WHERE id = ? LIMIT 1", (chunk_id,)

@@ -55,7 +55,7 @@ class LocalBackend(Backend):
         self._fsync = fsync
         self._made_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
-        self._fds: dict[Path, _OpenPack] = {}  # open pack files, least recently used first
+        self._fds: dict[str, _OpenPack] = {}  # open pack files, least recently used first
         self._fds_lock = threading.Lock()
 
     def _path(self, name: str) -> Path:
@@ -115,14 +115,13 @@ class LocalBackend(Backend):
             self._fsync_dir(path.parent)
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        path = self._path(name)
         try:
             if length is not None and name.startswith(_PACK_PREFIXES):
                 # Packs are immutable and read blob by blob: keep a few open (one pread per
                 # blob instead of open, seek, read, close).
-                data = self._pread_pack(path, offset, length)
+                data = self._pread_pack(name, offset, length)
             else:
-                with open(path, "rb") as f:
+                with open(self._path(name), "rb") as f:
                     if offset:
                         f.seek(offset)
                     data = f.read() if length is None else f.read(length)
@@ -132,20 +131,21 @@ class LocalBackend(Backend):
             raise StorageError(f"{name}: short read ({len(data)} of {length} bytes at {offset})")
         return data
 
-    def _pread_pack(self, path: Path, offset: int, length: int) -> bytes:
+    def _pread_pack(self, name: str, offset: int, length: int) -> bytes:
+        # Keyed by name: a name in the cache was checked (check_name) when it was opened.
         with self._fds_lock:
-            entry = self._fds.pop(path, None)
+            entry = self._fds.pop(name, None)
             if entry is not None:
-                self._fds[path] = entry  # most recently used last
+                self._fds[name] = entry  # most recently used last
                 entry.users += 1
         if entry is None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
             with self._fds_lock:
-                entry = self._fds.get(path)
+                entry = self._fds.get(name)
                 if entry is not None:  # another thread opened it meanwhile
                     os.close(fd)
                 else:
-                    entry = self._fds[path] = _OpenPack(fd)
+                    entry = self._fds[name] = _OpenPack(fd)
                     while len(self._fds) > _MAX_OPEN_PACKS:
                         self._evict(next(iter(self._fds)))
                 entry.users += 1
@@ -157,9 +157,9 @@ class LocalBackend(Backend):
                 if entry.evicted and entry.users == 0:
                     os.close(entry.fd)
 
-    def _evict(self, path: Path) -> None:
+    def _evict(self, name: str) -> None:
         """Forget an open pack (lock held); it is closed once no thread reads through it."""
-        entry = self._fds.pop(path, None)
+        entry = self._fds.pop(name, None)
         if entry is None:
             return
         entry.evicted = True
@@ -168,8 +168,8 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         with self._fds_lock:
-            for path in list(self._fds):
-                self._evict(path)
+            for name in list(self._fds):
+                self._evict(name)
 
     def stat(self, name: str) -> ObjectInfo:
         try:
@@ -202,7 +202,7 @@ class LocalBackend(Backend):
     def delete(self, name: str) -> None:
         path = self._path(name)
         with self._fds_lock:
-            self._evict(path)
+            self._evict(name)
         try:
             path.unlink()
         except OSError as e:
