@@ -200,7 +200,7 @@ class Archiver:
         )
         cache_path = repo.cache_dir / "files.sqlite" if repo.cache_dir else None
         self.files_cache = FilesCache(cache_path)
-        self._cache_trusted = self.files_cache.generation_valid(repo.index_file_names())
+        self._cache_trusted = False  # decided in run(), once the index is synced
         self._frames: deque[_Frame] = deque()
         self._inflight = 0
         self._root_dev: int | None = None

@@ -123,7 +123,7 @@ def prune(
             )
         # A backup that ran during an earlier prune may use blobs of packs that wait in a
         # garbage record; keep those packs (index them again) before judging anything.
-        pending = [p for _, packs in _garbage_records(repo) for p in packs]
+        pending = [p for r in _garbage_records(repo) for p in r.packs]
         used = _reach_keeping_needed(repo, snaps, _condemned_tables(repo, pending), report)
         old_index = sorted(repo.index_file_names())
 
@@ -226,14 +226,21 @@ def _write_garbage(repo: Repository, packs: list[str]) -> str:
     return name
 
 
-def _garbage_records(repo: Repository) -> list[tuple[str, list[str]]]:
-    """Every readable garbage record as (name, pack names); damaged ones are removed."""
+@dataclass(frozen=True)
+class _Record:
+    name: str
+    created: datetime
+    packs: list[str]
+
+
+def _garbage_records(repo: Repository) -> list[_Record]:
+    """Every readable garbage record (read once); damaged ones are removed."""
     out = []
     for name in sorted(info.name for info in repo.backend.list("garbage/")):
         try:
             doc = repo.unseal(FileKind.GARBAGE, repo.backend.read(name), name)
-            datetime.fromisoformat(doc["created"])
-            out.append((name, [str(p) for p in doc["packs"]]))
+            created = datetime.fromisoformat(doc["created"])
+            out.append(_Record(name, created, [str(p) for p in doc["packs"]]))
         except ObjectNotFoundError:
             continue
         except (IntegrityError, KeyError, TypeError, ValueError) as e:
@@ -243,14 +250,6 @@ def _garbage_records(repo: Repository) -> list[tuple[str, list[str]]]:
             with contextlib.suppress(ObjectNotFoundError):
                 repo.backend.delete(name)
     return out
-
-
-def _record_created(repo: Repository, name: str) -> datetime | None:
-    try:
-        doc = repo.unseal(FileKind.GARBAGE, repo.backend.read(name), name)
-        return datetime.fromisoformat(doc["created"])
-    except (RekindleError, KeyError, TypeError, ValueError):
-        return None
 
 
 Tables = dict[str, tuple[BlobKind, bytes, list[BlobEntry]]]
@@ -305,30 +304,26 @@ def _sweep(
         return
     now = repo.clock.now()
     backups = [lk for lk in list_locks(repo) if lk.kind == "backup"]
-    ready: list[tuple[str, list[str]]] = []
-    for name, packs in records:
-        created = _record_created(repo, name)
-        if created is None:
-            continue
-        if now - created < grace or any(lk.created <= created for lk in backups):
-            report.records_waiting += 1
-            continue
-        ready.append((name, packs))
+    ready = [
+        r
+        for r in records
+        if now - r.created >= grace and not any(lk.created <= r.created for lk in backups)
+    ]
+    report.records_waiting += len(records) - len(ready)
     if not ready:
         return
-    say(f"sweeping {sum(len(p) for _, p in ready)} packs")
+    say(f"sweeping {sum(len(r.packs) for r in ready)} packs")
     snaps = _read_all_snapshots(repo)
     repo.sync_index()
     # The walk must see every condemned pack, also those of records still waiting: a
     # restore point may use trees and blobs from packs of several records.
-    tables = _condemned_tables(repo, [p for _, packs in records for p in packs])
+    tables = _condemned_tables(repo, [p for r in records for p in r.packs])
     _reach_keeping_needed(repo, snaps, tables, report)
     # A pack indexed again after its first record and condemned again later is named by a
     # newer record too; only that record's conditions tell whether it is free.
-    ready_names = {name for name, _ in ready}
-    waiting = {p for name, packs in records if name not in ready_names for p in packs}
-    for name, packs in ready:
-        for pname in packs:
+    waiting = {p for r in records if r not in ready for p in r.packs}
+    for record in ready:
+        for pname in record.packs:
             if pname not in tables or pname in waiting:
                 continue  # indexed (again), gone already, or still waiting
             del tables[pname]
@@ -340,4 +335,4 @@ def _sweep(
             report.packs_deleted += 1
             report.bytes_freed += size
         with contextlib.suppress(ObjectNotFoundError):
-            repo.backend.delete(name)
+            repo.backend.delete(record.name)
