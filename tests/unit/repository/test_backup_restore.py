@@ -404,3 +404,64 @@ def test_big_files_restore_in_parallel_parts_and_damage_fails_only_that_file(
     assert [p for p, _ in stats2.errors] == ["big"]
     assert stats2.damaged == 1
     assert (tmp_path / "out2" / "small99").read_bytes() == (src / "small99").read_bytes()
+
+
+def test_a_file_changed_while_read_is_flagged_and_read_again_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "growing.log").write_bytes(b"first line\n")
+    (src / "still").write_bytes(b"unchanged\n")
+    real_read = os.read
+
+    def read_then_append(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("growing.log"):
+            with (src / "growing.log").open("ab") as f:
+                f.write(b"written during the backup\n")
+        return data
+
+    repo = make_repo(MemoryBackend(), tmp_path / "cache")
+    with repo:
+        monkeypatch.setattr(os, "read", read_then_append)
+        first = backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+        monkeypatch.undo()
+        assert first.stats.changed_while_read == [str(src / "growing.log")]
+        nodes = {n.name: n for n in repo.load_tree(first.snapshot.tree)}
+        assert nodes[b"growing.log"].changed_while_read
+        assert not nodes[b"still"].changed_while_read
+        # Not trusted by the files cache: the next backup reads it again.
+        second = backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+        assert second.stats.files_unmodified == 1  # "still" came from the cache
+        assert second.stats.bytes_read == (src / "growing.log").stat().st_size
+        assert second.stats.changed_while_read == []
+
+
+def test_one_file_system_records_mount_points_empty(tmp_path: Path) -> None:
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs inside the source")
+    src = tmp_path / "src"
+    (src / "mnt").mkdir(parents=True)
+    (src / "here").write_text("same file system")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(src / "mnt")], check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        (src / "mnt" / "other").write_text("other file system")
+        repo = make_repo(MemoryBackend(), tmp_path / "cache")
+        with repo:
+            one = backup(repo, BackupOptions(paths=["."], cwd=str(src), one_file_system=True))
+            both = backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+            restore(repo, one.snapshot, tmp_path / "one")
+            restore(repo, both.snapshot, tmp_path / "both")
+    finally:
+        subprocess.run(["umount", str(src / "mnt")], check=True)
+    assert (tmp_path / "one" / "here").read_text() == "same file system"
+    assert (tmp_path / "one" / "mnt").is_dir()
+    assert list((tmp_path / "one" / "mnt").iterdir()) == []
+    assert (tmp_path / "both" / "mnt" / "other").read_text() == "other file system"
