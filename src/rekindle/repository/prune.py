@@ -55,6 +55,7 @@ class PruneReport:
     bytes_freed: int = 0
     packs_reindexed: int = 0
     records_waiting: int = 0
+    temporaries_removed: int = 0  # partial files of crashed writers (local disk)
 
     def __str__(self) -> str:
         text = (
@@ -110,6 +111,9 @@ def prune(
     report = PruneReport()
     with Lock(repo, "prune", conflicts=PRUNE_CONFLICTS):
         _sweep(repo, grace, report, say)
+        report.temporaries_removed = repo.backend.clean_temporaries(
+            max(grace.total_seconds(), 3600.0)
+        )
         say("reading the index and restore points")
         # Restore points first, index second: a backup writes its index files before its
         # restore point, so every restore point read here finds its blobs in the index.

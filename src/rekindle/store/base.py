@@ -77,5 +77,12 @@ class Backend(ABC):
             return False
         return True
 
+    def clean_temporaries(self, older_than: float = 3600.0) -> int:
+        """Remove partial objects left by writers that crashed more than `older_than`
+        seconds ago; returns how many went. Backends whose writes cannot leave any (memory,
+        S3: an object appears whole or not at all) have nothing to do."""
+        del older_than
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections or handles. Idempotent."""

@@ -13,3 +13,6 @@ class ReadOnlyBackend(WrappingBackend):
 
     def delete(self, name: str) -> None:
         raise ReadOnlyError(f"cannot delete {name}: the repository is opened read-only")
+
+    def clean_temporaries(self, older_than: float = 3600.0) -> int:
+        return 0  # removing files is a change

@@ -27,5 +27,8 @@ class WrappingBackend(Backend):
     def delete(self, name: str) -> None:
         self.inner.delete(name)
 
+    def clean_temporaries(self, older_than: float = 3600.0) -> int:
+        return self.inner.clean_temporaries(older_than)
+
     def close(self) -> None:
         self.inner.close()

@@ -249,3 +249,20 @@ def test_copy_moves_only_missing_blobs_and_is_idempotent(tmp_path: Path) -> None
             copy_snapshots(a, unrelated)
     assert stats.errors == []
     assert tree_differences(src_dir, tmp_path / "out") == []
+
+
+def test_prune_removes_old_temporaries_of_crashed_writers_only(tmp_path: Path) -> None:
+    import os
+
+    store = LocalBackend(tmp_path / "repo")
+    with make_repo(store, tmp_path / "cache") as repo:
+        (tmp_path / "repo" / "data" / "ab").mkdir(parents=True)
+        old = tmp_path / "repo" / "data" / "ab" / ".tmp-crashed"
+        young = tmp_path / "repo" / "data" / "ab" / ".tmp-writing"
+        old.write_bytes(b"half a pack")
+        young.write_bytes(b"a pack being written")
+        os.utime(old, (0, 0))
+        report = prune(repo, grace=NO_GRACE)
+    assert report.temporaries_removed == 1
+    assert not old.exists()
+    assert young.exists()
