@@ -126,15 +126,12 @@ def cache_root() -> Path | None:
 def open_repo(*, secret: Secret | None = None, read_only: bool = False) -> Repository:
     """Open the repository of --repo/REKINDLE_REPO. The config is read before the secret,
     so a location that is no repository (or a newer format) fails before any prompt."""
-    from rekindle.repository.repo import read_config
-
     backend = open_location(repo_location())
     if read_only:
         from rekindle.store.readonly import ReadOnlyBackend
 
         backend = ReadOnlyBackend(backend)
-    read_config(backend)
-    return Repository.open(backend, secret or read_secret(), cache_root=cache_root())
+    return Repository.open(backend, secret or read_secret, cache_root=cache_root())
 
 
 def print_json(obj: Any) -> None:

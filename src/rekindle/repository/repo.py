@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,14 +168,17 @@ class Repository:
     def open(
         cls,
         backend: Backend,
-        secret: Secret,
+        secret: Secret | Callable[[], Secret],
         *,
         cache_root: Path | None = None,
         clock: Clock | None = None,
     ) -> Repository:
+        """Open a repository. `secret` may be a function, called only once the config has
+        been read: a location that is no repository (or of a newer format) then fails
+        before anyone is asked for a password."""
         clock = clock or SystemClock()
         cfg, mac = read_config(backend)
-        master = _unlock(backend, secret, cfg.id)
+        master = _unlock(backend, secret if isinstance(secret, Secret) else secret(), cfg.id)
         keys = RepoKeys.from_master(master)
         cfg.verify(keys, mac)
         return cls._finish_open(backend, cfg, keys, cache_root, clock)
