@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rekindle import __version__
-from rekindle.cli import demo, repo
+from rekindle.cli import admin, demo, repo, services
 from rekindle.core.errors import ExitCode, RekindleError
 
 app = typer.Typer(
@@ -17,6 +17,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(repo.app, name="repo")
+app.add_typer(services.cloud_app, name="cloud")
+app.add_typer(services.storage_app, name="storage")
+app.add_typer(services.agent_app, name="agent")
+app.add_typer(admin.app, name="admin")
 app.command("demo")(demo.demo)
 
 

@@ -1,0 +1,203 @@
+"""`rekindle cloud`, `rekindle storage` and `rekindle agent`: the long-running processes."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from rekindle.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from rekindle.cloud.services import CloudServices
+
+cloud_app = typer.Typer(help="The cloud: API, catalog, scheduler, CA.", no_args_is_help=True)
+storage_app = typer.Typer(
+    help="A storage node serving repositories over HTTPS.", no_args_is_help=True
+)
+agent_app = typer.Typer(help="The agent on a protected server.", no_args_is_help=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Where this process keeps its state.")]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per HTTP request drowns what matters; our own modules log the outcome.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@cloud_app.command("serve")
+def cloud_serve(
+    data_dir: DataDir = Path("var/cloud"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTPS port.")] = 8443,
+    storage_url: Annotated[
+        str, typer.Option(help="URL of the storage node assigned by default.")
+    ] = "https://127.0.0.1:8444",
+    database_url: Annotated[
+        str, typer.Option(help="SQLAlchemy URL; default SQLite in the data dir.")
+    ] = "",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the cloud over HTTPS (creates its CA, keys and database on first start)."""
+    from rekindle.cloud.app import create_app, prepare
+    from rekindle.cloud.settings import CloudSettings
+    from rekindle.net.tlsserver import make_server
+
+    _logging(verbose)
+    settings = CloudSettings(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        storage_url=storage_url,
+        database_url=database_url,
+    )
+    state = prepare(settings)
+    _first_admin(state.services, data_dir)
+    server = make_server(
+        create_app(state),
+        host=host,
+        port=port,
+        certfile=state.tls_cert,
+        keyfile=state.tls_key,
+        client_ca=state.ca_file,
+    )
+    logging.getLogger(__name__).info("cloud listening on https://%s:%d", host, port)
+    server.run()
+
+
+def _first_admin(svc: CloudServices, data_dir: Path) -> None:
+    from rekindle.net.pki import write_private
+
+    if svc.organization_count():
+        return
+    _org, password = svc.create_organization("default", "admin@localhost")
+    pw_file = data_dir / "initial-admin-password"
+    write_private(pw_file, password.encode() + b"\n")
+    sys.stderr.write(
+        f"first start: created organization 'default' with admin 'admin@localhost'; "
+        f"the password is in {pw_file} (mode 0600)\n"
+    )
+
+
+@cloud_app.command("add-org")
+def cloud_add_org(
+    name: str,
+    admin_email: str,
+    data_dir: DataDir = Path("var/cloud"),
+    database_url: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Create an organization with its first admin; prints the admin's password once."""
+    from rekindle.cloud.app import prepare
+    from rekindle.cloud.settings import CloudSettings
+
+    state = prepare(CloudSettings(data_dir=data_dir, database_url=database_url))
+    org_id, password = state.services.create_organization(name, admin_email)
+    sys.stdout.write(f"organization {org_id} '{name}': admin {admin_email} password {password}\n")
+
+
+@cloud_app.command("storage-credentials")
+def cloud_storage_credentials(
+    out: Annotated[Path, typer.Option(help="The storage node's data directory.")],
+    hostname: Annotated[list[str], typer.Option("--hostname", help="Names of the node.")],
+    data_dir: DataDir = Path("var/cloud"),
+) -> None:
+    """Give a storage node a TLS certificate from the cloud's CA and the token public key."""
+    write_storage_credentials(data_dir, out, hostname)
+    sys.stdout.write(f"wrote {out}/tls.pem, tls.key and token.pub\n")
+
+
+def write_storage_credentials(cloud_dir: Path, out: Path, hostnames: list[str]) -> None:
+    from rekindle.net.pki import CertificateAuthority, ensure_server_cert
+    from rekindle.net.tokens import load_or_create_signing_key, public_pem
+
+    ca = CertificateAuthority.load_or_create(cloud_dir / "ca")
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_server_cert(ca, out, hostnames)
+    key = load_or_create_signing_key(cloud_dir / "keys" / "token.key")
+    (out / "token.pub").write_bytes(public_pem(key))
+
+
+@storage_app.command("serve")
+def storage_serve(
+    data_dir: DataDir = Path("var/storage"),
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8444,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve repositories under DATA_DIR/orgs over HTTPS. DATA_DIR must hold tls.pem,
+    tls.key and token.pub (`rekindle cloud storage-credentials`)."""
+    from rekindle.net.tlsserver import make_server
+    from rekindle.net.tokens import load_public
+    from rekindle.storagenode.app import OrgBackends, create_app, local_factory
+
+    _logging(verbose)
+    for f in ("tls.pem", "tls.key", "token.pub"):
+        if not (data_dir / f).exists():
+            raise UsageError(
+                f"{data_dir / f} is missing: run 'rekindle cloud storage-credentials' first"
+            )
+    app = create_app(
+        OrgBackends(local_factory(data_dir)), load_public((data_dir / "token.pub").read_bytes())
+    )
+    server = make_server(
+        app, host=host, port=port, certfile=data_dir / "tls.pem", keyfile=data_dir / "tls.key"
+    )
+    logging.getLogger(__name__).info("storage node listening on https://%s:%d", host, port)
+    server.run()
+
+
+@agent_app.command("enroll")
+def agent_enroll(
+    cloud: Annotated[str, typer.Option(help="The cloud's URL, https://HOST:PORT.")],
+    token: Annotated[str, typer.Option(help="Activation token from the console or CLI.")],
+    ca_fingerprint: Annotated[
+        str | None,
+        typer.Option(help="SHA-256 fingerprint of the cloud's CA (shown with the token)."),
+    ] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="The cloud's CA certificate, instead of a fingerprint.")
+    ] = None,
+    data_dir: DataDir = Path("/var/lib/rekindle-agent"),
+    hostname: Annotated[str | None, typer.Option(help="Name to enroll under.")] = None,
+) -> None:
+    """Register this server with the cloud: get a client certificate, pin the cloud's CA."""
+    from rekindle.agent.client import enroll, fetch_ca
+    from rekindle.agent.state import AgentState
+
+    if ca_file is not None:
+        ca_pem = ca_file.read_bytes()
+    elif ca_fingerprint:
+        ca_pem = fetch_ca(cloud, ca_fingerprint)
+    else:
+        raise UsageError("give --ca-fingerprint (shown with the activation token) or --ca-file")
+    state = AgentState(data_dir)
+    if state.enrolled:
+        raise UsageError(f"{data_dir} already holds an enrolled agent; remove it to enroll again")
+    ident = enroll(state, cloud, token, ca_pem=ca_pem, hostname=hostname)
+    sys.stdout.write(
+        f"enrolled as server {ident.server_id}; start the agent with "
+        f"'rekindle agent run --data-dir {data_dir}'\n"
+    )
+
+
+@agent_app.command("run")
+def agent_run(
+    data_dir: DataDir = Path("/var/lib/rekindle-agent"),
+    hostname: Annotated[str | None, typer.Option()] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the agent daemon: poll the cloud, run backups and restores."""
+    from rekindle.agent.daemon import Agent
+    from rekindle.agent.state import AgentState
+
+    _logging(verbose)
+    Agent(AgentState(data_dir), hostname=hostname or socket.gethostname()).run()

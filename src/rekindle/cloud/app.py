@@ -1,0 +1,116 @@
+"""Assemble the cloud: state directory, CA, token key, database, services, routes and the
+scheduler loop; `serve` runs it over HTTPS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from rekindle import __version__
+from rekindle.cloud.api import Waker, admin_router, agent_router, install_error_handlers
+from rekindle.cloud.db import Database
+from rekindle.cloud.security import KeyEncryptionKey
+from rekindle.cloud.services import CloudServices
+from rekindle.cloud.settings import CloudSettings
+from rekindle.core.clock import Clock, SystemClock
+from rekindle.net import tokens
+from rekindle.net.pki import CertificateAuthority, ensure_server_cert, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CloudState:
+    settings: CloudSettings
+    services: CloudServices
+    ca: CertificateAuthority
+    tls_cert: Path
+    tls_key: Path
+    ca_file: Path
+    token_public: Path
+
+
+def prepare(settings: CloudSettings, clock: Clock | None = None) -> CloudState:
+    """Create (first run) or load everything the cloud keeps on disk, and migrate the
+    database. Idempotent: data survives restarts."""
+    d = settings.data_dir
+    d.mkdir(parents=True, exist_ok=True)
+    ca = CertificateAuthority.load_or_create(d / "ca")
+    ensure_server_cert(ca, d / "tls", [settings.host, *settings.hostnames])
+    token_key = tokens.load_or_create_signing_key(d / "keys" / "token.key")
+    public = d / "keys" / "token.pub"
+    if not public.exists():
+        public.write_bytes(tokens.public_pem(token_key))
+    kek = KeyEncryptionKey.load_or_create(d / "keys" / "kek")
+    db = Database(settings.sqlalchemy_url())
+    db.migrate()
+    svc = CloudServices(
+        db,
+        kek=kek,
+        ca=ca,
+        token_key=token_key,
+        clock=clock or SystemClock(),
+        default_storage_url=settings.storage_url,
+        token_ttl_s=settings.token_ttl_s,
+        connected_grace_s=settings.connected_grace_s,
+        session_ttl_s=settings.session_ttl_s,
+    )
+    return CloudState(
+        settings, svc, ca, d / "tls" / "tls.pem", d / "tls" / "tls.key", d / "ca" / "ca.pem", public
+    )
+
+
+def create_app(state: CloudState, *, run_scheduler: bool = True) -> FastAPI:
+    waker = Waker()
+    state.services.on_job_queued.append(waker.wake)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        waker.loop = asyncio.get_running_loop()
+        task = asyncio.create_task(_scheduler(state)) if run_scheduler else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="Rekindle cloud",
+        version=__version__,
+        lifespan=lifespan,
+        description="Control plane of Rekindle: admins under /api/v1, agents under /agent/v1.",
+    )
+    app.state.services = state.services
+    app.state.waker = waker
+    app.state.ca_fingerprint = fingerprint(state.ca.cert)
+    app.state.ca_pem = state.ca.pem.decode()
+    install_error_handlers(app)
+    app.include_router(admin_router())
+    app.include_router(agent_router())
+
+    @app.get("/health", tags=["meta"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app
+
+
+async def _scheduler(state: CloudState) -> None:
+    interval = state.settings.scheduler_interval_s
+    while True:
+        try:
+            n = await run_in_threadpool(state.services.fire_due_schedules)
+            if n:
+                log.info("scheduler fired %d schedule(s)", n)
+        except Exception:
+            log.exception("scheduler pass failed; trying again in %.0f s", interval)
+        await asyncio.sleep(interval)

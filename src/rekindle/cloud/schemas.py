@@ -1,0 +1,219 @@
+"""Request and response bodies of the admin API (pydantic; published in the OpenAPI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class LoginIn(BaseModel):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=1000)
+
+
+class TokenOut(BaseModel):
+    token: str
+
+
+class ApiTokenIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    days: int = Field(default=90, ge=1, le=3650)
+
+
+class AdminIn(BaseModel):
+    email: str = Field(min_length=3, max_length=320)
+    role: Literal["org_admin", "group_admin", "read_only"]
+    group_ids: list[int] = []
+
+
+class AdminCreated(BaseModel):
+    id: int
+    password: str
+
+
+class AdminOut(_Out):
+    id: int
+    email: str
+    role: str
+    group_ids: list[str]
+    disabled: bool
+
+
+class PolicyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    days: str | None = Field(default=None, max_length=60)
+    start_time: str | None = Field(default=None, max_length=5)
+    window_hours: int | None = Field(default=None, ge=0, le=168)
+    max_retries: int | None = Field(default=None, ge=0, le=100)
+    retry_interval_min: int | None = Field(default=None, ge=0, le=10080)
+    bandwidth_kib: int | None = Field(default=None, ge=0)
+    retention: dict[str, int] | None = None
+    cold_after_days: int | None = Field(default=None, ge=1, le=36500)
+
+
+class PolicyPatch(BaseModel):
+    days: str | None = Field(default=None, max_length=60)
+    start_time: str | None = Field(default=None, max_length=5)
+    window_hours: int | None = Field(default=None, ge=0, le=168)
+    max_retries: int | None = Field(default=None, ge=0, le=100)
+    retry_interval_min: int | None = Field(default=None, ge=0, le=10080)
+    bandwidth_kib: int | None = Field(default=None, ge=0)
+    retention: dict[str, int] | None = None
+    cold_after_days: int | None = Field(default=None, ge=1, le=36500)
+
+
+class PolicyOut(_Out):
+    id: int
+    name: str
+    days: str
+    start_time: str
+    window_hours: int
+    max_retries: int
+    retry_interval_min: int
+    bandwidth_kib: int
+    retention: dict[str, Any]
+    cold_after_days: int
+    next_run: datetime | None
+
+
+class GroupIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    policy_id: int | None = None
+    storage_id: int | None = None
+
+
+class GroupOut(_Out):
+    id: int
+    name: str
+    policy_id: int | None
+    storage_id: int
+
+
+class StorageOut(_Out):
+    id: int
+    name: str
+    url: str
+    capacity_bytes: int | None
+
+
+class ActivationIn(BaseModel):
+    group_id: int
+    hours: int = Field(default=24, ge=1, le=24 * 365)
+    uses: int = Field(default=1, ge=1, le=10000)
+
+
+class ActivationOut(BaseModel):
+    token: str
+    command: str
+
+
+class ServerOut(_Out):
+    id: int
+    group_id: int
+    hostname: str
+    os: str
+    agent_version: str
+    enabled: bool
+    created: datetime
+    last_seen: datetime | None
+    free_bytes: int | None
+    connected: bool = False
+
+
+class ServerPatch(BaseModel):
+    enabled: bool
+
+
+class BackupSetIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    include: list[str] = Field(min_length=1, max_length=1000)
+    exclude: list[str] = Field(default=[], max_length=10000)
+
+
+class BackupSetOut(_Out):
+    id: int
+    server_id: int
+    name: str
+    include: list[str]
+    exclude: list[str]
+
+
+class BackupNowIn(BaseModel):
+    backup_set_id: int | None = None
+
+
+class RestoreIn(BaseModel):
+    restore_point_id: int
+    #: Another server of the same OS family; default: the server the data came from.
+    target_server_id: int | None = None
+    #: Another directory; default: the original location.
+    target_path: str | None = Field(default=None, max_length=4096)
+    include: list[str] = Field(default=[], max_length=10000)
+    existing: Literal["skip", "overwrite", "rename"] = "skip"
+
+
+class JobOut(_Out):
+    id: int
+    server_id: int
+    kind: str
+    state: str
+    trigger: str
+    backup_set_id: int | None
+    attempt: int
+    created: datetime
+    started: datetime | None
+    finished: datetime | None
+    window_end: datetime | None
+    progress: dict[str, Any]
+    error: str | None
+    snapshot_id: str | None
+
+
+class MissedOut(_Out):
+    path: str
+    reason: str
+
+
+class JobDetail(JobOut):
+    params: dict[str, Any]
+    log: str
+    missed: list[MissedOut] = []
+
+
+class RestorePointOut(_Out):
+    id: int
+    server_id: int
+    backup_set_id: int | None
+    job_id: int | None
+    snapshot_id: str
+    time: datetime
+    paths: list[str]
+    files: int
+    bytes: int
+    bytes_added: int
+    partial: bool
+
+
+class EventOut(_Out):
+    id: int
+    time: datetime
+    severity: str
+    kind: str
+    message: str
+    server_id: int | None
+    job_id: int | None
+
+
+class AuditOut(_Out):
+    id: int
+    admin_id: int | None
+    time: datetime
+    action: str
+    target: str
+    detail: dict[str, Any]

@@ -1,0 +1,1064 @@
+"""The cloud's service layer: every action of the API (and later the console) is a function
+here, taking the acting admin, checking the role, and writing the audit log. Routers only
+translate HTTP to these calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from rekindle.cloud import schedule
+from rekindle.cloud.db import Database
+from rekindle.cloud.models import (
+    ActivationToken,
+    Admin,
+    ApiToken,
+    AuditEntry,
+    BackupPolicy,
+    BackupSet,
+    Event,
+    Job,
+    MissedFileRow,
+    Organization,
+    RestorePoint,
+    Server,
+    ServerGroup,
+    Storage,
+)
+from rekindle.cloud.security import (
+    ROLES,
+    AuthError,
+    ForbiddenError,
+    KeyEncryptionKey,
+    check_password,
+    hash_password,
+    new_password,
+    new_token,
+    token_hash,
+)
+from rekindle.core.clock import Clock
+from rekindle.core.errors import RekindleError, UsageError
+from rekindle.net import protocol as p
+from rekindle.net import tokens
+from rekindle.net.pki import CertificateAuthority, cert_pem, fingerprint
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ACTIVE_JOB_STATES = ("queued", "running")
+DEFAULT_RETENTION: dict[str, Any] = {"within_days": 60, "weekly": 24, "monthly": 12, "yearly": 3}
+
+
+class NotFoundError(RekindleError):
+    """The object does not exist, or the caller may not see it (we do not say which)."""
+
+
+class ConflictError(RekindleError):
+    """The request contradicts the current state (a name taken, a job already finished)."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    admin_id: int
+    org_id: int
+    role: str
+    group_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def require_write(self) -> None:
+        if self.role == "read_only":
+            raise ForbiddenError("your role is read-only")
+
+    def require_org_admin(self) -> None:
+        if self.role != "org_admin":
+            raise ForbiddenError("only an organization admin may do this")
+
+    def may_see_group(self, group_id: int) -> bool:
+        return self.role != "group_admin" or group_id in self.group_ids
+
+
+class CloudServices:
+    """Everything the cloud does, on one database. Thread-safe: one session per call."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        kek: KeyEncryptionKey,
+        ca: CertificateAuthority,
+        token_key: Any,
+        clock: Clock,
+        default_storage_url: str,
+        token_ttl_s: int = 6 * 3600,
+        connected_grace_s: float = 90.0,
+        session_ttl_s: int = 12 * 3600,
+    ) -> None:
+        self.db = db
+        self.kek = kek
+        self.ca = ca
+        self.token_key = token_key
+        self.clock = clock
+        self.default_storage_url = default_storage_url
+        self.token_ttl_s = token_ttl_s
+        self.connected_grace_s = connected_grace_s
+        self.session_ttl_s = session_ttl_s
+        #: Called with a server id whenever a job is queued for it (wakes its long-poll).
+        self.on_job_queued: list[Any] = []
+
+    # -- helpers ----------------------------------------------------------------------------
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def _audit(
+        self, s: Session, actor: Actor | None, org_id: int, action: str, target: str, **detail: Any
+    ) -> None:
+        s.add(
+            AuditEntry(
+                org_id=org_id,
+                admin_id=actor.admin_id if actor else None,
+                time=self.now(),
+                action=action,
+                target=target,
+                detail=detail,
+            )
+        )
+
+    def _event(
+        self,
+        s: Session,
+        org_id: int,
+        severity: str,
+        kind: str,
+        message: str,
+        *,
+        server_id: int | None = None,
+        job_id: int | None = None,
+    ) -> None:
+        s.add(
+            Event(
+                org_id=org_id,
+                time=self.now(),
+                severity=severity,
+                kind=kind,
+                message=message,
+                server_id=server_id,
+                job_id=job_id,
+            )
+        )
+
+    def _get(self, s: Session, model: Any, obj_id: int, actor: Actor) -> Any:
+        obj = s.get(model, obj_id)
+        if obj is None or obj.org_id != actor.org_id:
+            raise NotFoundError(f"{model.__tablename__[:-1].replace('_', ' ')} {obj_id} not found")
+        group_id = getattr(obj, "group_id", None)
+        if model is ServerGroup:
+            group_id = obj.id
+        if group_id is not None and not actor.may_see_group(group_id):
+            raise NotFoundError(f"{model.__tablename__[:-1].replace('_', ' ')} {obj_id} not found")
+        return obj
+
+    def _server(self, s: Session, server_id: int, actor: Actor) -> Server:
+        server: Server = self._get(s, Server, server_id, actor)
+        return server
+
+    def _wake(self, server_id: int) -> None:
+        for cb in self.on_job_queued:
+            cb(server_id)
+
+    def is_connected(self, server: Server) -> bool:
+        return (
+            server.enabled
+            and server.last_seen is not None
+            and (self.now() - server.last_seen).total_seconds() <= self.connected_grace_s
+        )
+
+    # -- organizations and admins -----------------------------------------------------------
+    def create_organization(
+        self, name: str, admin_email: str, admin_password: str | None = None
+    ) -> tuple[int, str]:
+        """A new organization with its first admin, default storage, policy and group.
+        Returns (org id, the admin's password)."""
+        password = admin_password or new_password()
+        with self.db.session() as s:
+            if s.scalar(select(Organization).where(Organization.name == name)):
+                raise ConflictError(f"organization {name!r} exists")
+            if s.scalar(select(Admin).where(Admin.email == admin_email)):
+                raise ConflictError(f"an admin with email {admin_email!r} exists")
+            org = Organization(name=name, created=self.now(), repo_key_sealed=b"")
+            s.add(org)
+            s.flush()
+            org.repo_key_sealed = self.kek.seal(os.urandom(32), f"org:{org.id}".encode())
+            storage = s.scalar(select(Storage).order_by(Storage.id))
+            if storage is None:
+                storage = Storage(name="default", url=self.default_storage_url)
+                s.add(storage)
+                s.flush()
+            admin = Admin(
+                org_id=org.id,
+                email=admin_email,
+                password_hash=hash_password(password),
+                role="org_admin",
+                group_ids=[],
+                created=self.now(),
+            )
+            s.add(admin)
+            policy = BackupPolicy(
+                org_id=org.id,
+                name="default",
+                days="daily",
+                start_time="22:00",
+                window_hours=0,
+                max_retries=2,
+                retry_interval_min=30,
+                bandwidth_kib=0,
+                retention=dict(DEFAULT_RETENTION),
+                cold_after_days=90,
+                next_run=schedule.next_fire("daily", "22:00", self.now()),
+            )
+            s.add(policy)
+            s.flush()
+            s.add(
+                ServerGroup(
+                    org_id=org.id, name="default", policy_id=policy.id, storage_id=storage.id
+                )
+            )
+            self._audit(s, None, org.id, "organization.create", name, admin=admin_email)
+            return org.id, password
+
+    def organization_count(self) -> int:
+        with self.db.session() as s:
+            return len(s.scalars(select(Organization.id)).all())
+
+    def login(self, email: str, password: str) -> str:
+        with self.db.session() as s:
+            admin = s.scalar(select(Admin).where(Admin.email == email))
+            if admin is None or admin.disabled or not check_password(admin.password_hash, password):
+                raise AuthError("wrong email or password")
+            token = new_token("rks")
+            now = self.now()
+            s.add(
+                ApiToken(
+                    admin_id=admin.id,
+                    token_hash=token_hash(token),
+                    name="login",
+                    kind="session",
+                    created=now,
+                    last_used=now,
+                    expires=None,
+                )
+            )
+            self._audit(s, Actor(admin.id, admin.org_id, admin.role), admin.org_id, "login", email)
+            return token
+
+    def create_api_token(self, actor: Actor, name: str, days: int) -> str:
+        token = new_token("rkp")
+        with self.db.session() as s:
+            now = self.now()
+            s.add(
+                ApiToken(
+                    admin_id=actor.admin_id,
+                    token_hash=token_hash(token),
+                    name=name,
+                    kind="personal",
+                    created=now,
+                    last_used=now,
+                    expires=now + timedelta(days=days),
+                )
+            )
+            self._audit(s, actor, actor.org_id, "api_token.create", name, days=days)
+        return token
+
+    def logout(self, token: str) -> None:
+        with self.db.session() as s:
+            row = s.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(token)))
+            if row is not None:
+                s.delete(row)
+
+    def authenticate(self, token: str) -> Actor:
+        with self.db.session() as s:
+            row = s.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(token)))
+            now = self.now()
+            if row is None:
+                raise AuthError("not logged in, or the token is unknown")
+            if row.expires is not None and now > row.expires:
+                raise AuthError("the token has expired")
+            if row.kind == "session" and (now - row.last_used).total_seconds() > self.session_ttl_s:
+                s.delete(row)
+                raise AuthError("the session timed out: log in again")
+            admin = s.get(Admin, row.admin_id)
+            if admin is None or admin.disabled:
+                raise AuthError("this admin is disabled")
+            if (now - row.last_used).total_seconds() > 60:
+                row.last_used = now
+            return Actor(
+                admin.id, admin.org_id, admin.role, frozenset(int(g) for g in admin.group_ids)
+            )
+
+    def create_admin(
+        self, actor: Actor, email: str, role: str, group_ids: list[int]
+    ) -> tuple[int, str]:
+        actor.require_org_admin()
+        if role not in ROLES:
+            raise UsageError(f"role must be one of {', '.join(ROLES)}")
+        password = new_password()
+        with self.db.session() as s:
+            if s.scalar(select(Admin).where(Admin.email == email)):
+                raise ConflictError(f"an admin with email {email!r} exists")
+            for g in group_ids:
+                self._get(s, ServerGroup, g, actor)
+            admin = Admin(
+                org_id=actor.org_id,
+                email=email,
+                password_hash=hash_password(password),
+                role=role,
+                group_ids=[str(g) for g in group_ids],
+                created=self.now(),
+            )
+            s.add(admin)
+            s.flush()
+            self._audit(s, actor, actor.org_id, "admin.create", email, role=role)
+            return admin.id, password
+
+    def list_admins(self, actor: Actor) -> list[Admin]:
+        with self.db.session() as s:
+            return list(s.scalars(select(Admin).where(Admin.org_id == actor.org_id)).all())
+
+    # -- groups, policies, storages -----------------------------------------------------------
+    def list_storages(self, actor: Actor) -> list[Storage]:
+        del actor
+        with self.db.session() as s:
+            return list(s.scalars(select(Storage).order_by(Storage.id)).all())
+
+    def create_policy(self, actor: Actor, name: str, **fields: Any) -> BackupPolicy:
+        actor.require_write()
+        with self.db.session() as s:
+            if s.scalar(
+                select(BackupPolicy).where(
+                    BackupPolicy.org_id == actor.org_id, BackupPolicy.name == name
+                )
+            ):
+                raise ConflictError(f"a backup policy named {name!r} exists")
+            policy = BackupPolicy(org_id=actor.org_id, name=name, **_policy_fields(fields))
+            policy.next_run = schedule.next_fire(policy.days, policy.start_time, self.now())
+            s.add(policy)
+            s.flush()
+            self._audit(s, actor, actor.org_id, "policy.create", name, **_jsonable(fields))
+            return policy
+
+    def update_policy(self, actor: Actor, policy_id: int, **fields: Any) -> BackupPolicy:
+        actor.require_write()
+        with self.db.session() as s:
+            policy: BackupPolicy = self._get(s, BackupPolicy, policy_id, actor)
+            for k, v in _policy_fields(fields, partial=True).items():
+                setattr(policy, k, v)
+            policy.next_run = schedule.next_fire(policy.days, policy.start_time, self.now())
+            self._audit(s, actor, actor.org_id, "policy.update", policy.name, **_jsonable(fields))
+            return policy
+
+    def list_policies(self, actor: Actor) -> list[BackupPolicy]:
+        with self.db.session() as s:
+            return list(
+                s.scalars(select(BackupPolicy).where(BackupPolicy.org_id == actor.org_id)).all()
+            )
+
+    def create_group(
+        self, actor: Actor, name: str, policy_id: int | None, storage_id: int | None
+    ) -> ServerGroup:
+        actor.require_org_admin()
+        with self.db.session() as s:
+            if s.scalar(
+                select(ServerGroup).where(
+                    ServerGroup.org_id == actor.org_id, ServerGroup.name == name
+                )
+            ):
+                raise ConflictError(f"a server group named {name!r} exists")
+            if policy_id is not None:
+                self._get(s, BackupPolicy, policy_id, actor)
+            if storage_id is None:
+                first = s.scalar(select(Storage).order_by(Storage.id))
+                if first is None:
+                    raise ConflictError("no storage is registered")
+                storage_id = first.id
+            elif s.get(Storage, storage_id) is None:
+                raise NotFoundError(f"storage {storage_id} not found")
+            group = ServerGroup(
+                org_id=actor.org_id, name=name, policy_id=policy_id, storage_id=storage_id
+            )
+            s.add(group)
+            s.flush()
+            self._audit(s, actor, actor.org_id, "group.create", name, policy=policy_id)
+            return group
+
+    def list_groups(self, actor: Actor) -> list[ServerGroup]:
+        with self.db.session() as s:
+            rows = s.scalars(select(ServerGroup).where(ServerGroup.org_id == actor.org_id)).all()
+            return [g for g in rows if actor.may_see_group(g.id)]
+
+    def create_activation_token(
+        self, actor: Actor, group_id: int, hours: int = 24, uses: int = 1
+    ) -> str:
+        actor.require_write()
+        token = new_token("rka")
+        with self.db.session() as s:
+            group: ServerGroup = self._get(s, ServerGroup, group_id, actor)
+            s.add(
+                ActivationToken(
+                    org_id=actor.org_id,
+                    group_id=group.id,
+                    token_hash=token_hash(token),
+                    created=self.now(),
+                    expires=self.now() + timedelta(hours=hours),
+                    uses_left=uses,
+                )
+            )
+            self._audit(s, actor, actor.org_id, "activation_token.create", group.name, uses=uses)
+        return token
+
+    # -- servers and backup sets ------------------------------------------------------------
+    def list_servers(self, actor: Actor, group_id: int | None = None) -> list[Server]:
+        with self.db.session() as s:
+            q = select(Server).where(Server.org_id == actor.org_id)
+            if group_id is not None:
+                q = q.where(Server.group_id == group_id)
+            return [
+                x for x in s.scalars(q.order_by(Server.id)).all() if actor.may_see_group(x.group_id)
+            ]
+
+    def get_server(self, actor: Actor, server_id: int) -> Server:
+        with self.db.session() as s:
+            return self._server(s, server_id, actor)
+
+    def set_server_enabled(self, actor: Actor, server_id: int, enabled: bool) -> Server:
+        actor.require_write()
+        with self.db.session() as s:
+            server = self._server(s, server_id, actor)
+            server.enabled = enabled
+            action = "server.enable" if enabled else "server.disable"
+            self._audit(s, actor, actor.org_id, action, server.hostname)
+            self._event(
+                s,
+                actor.org_id,
+                "info",
+                action,
+                f"server {server.hostname} {action.split('.')[1]}d",
+                server_id=server.id,
+            )
+            return server
+
+    def create_backup_set(
+        self, actor: Actor, server_id: int, name: str, include: list[str], exclude: list[str]
+    ) -> BackupSet:
+        actor.require_write()
+        _check_paths(include, "include")
+        _check_paths(exclude, "exclude", absolute=False)
+        with self.db.session() as s:
+            server = self._server(s, server_id, actor)
+            if s.scalar(
+                select(BackupSet).where(BackupSet.server_id == server.id, BackupSet.name == name)
+            ):
+                raise ConflictError(f"server {server.hostname} already has a backup set {name!r}")
+            bs = BackupSet(
+                org_id=actor.org_id,
+                server_id=server.id,
+                name=name,
+                include=include,
+                exclude=exclude,
+            )
+            s.add(bs)
+            s.flush()
+            self._audit(s, actor, actor.org_id, "backup_set.create", name, server=server.hostname)
+            return bs
+
+    def list_backup_sets(self, actor: Actor, server_id: int) -> list[BackupSet]:
+        with self.db.session() as s:
+            self._server(s, server_id, actor)
+            return list(s.scalars(select(BackupSet).where(BackupSet.server_id == server_id)).all())
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def backup_now(self, actor: Actor, server_id: int, backup_set_id: int | None) -> Job:
+        actor.require_write()
+        with self.db.session() as s:
+            server = self._server(s, server_id, actor)
+            if not server.enabled:
+                raise ConflictError(f"server {server.hostname} is disabled")
+            sets = s.scalars(select(BackupSet).where(BackupSet.server_id == server.id)).all()
+            chosen = [b for b in sets if backup_set_id is None or b.id == backup_set_id]
+            if not chosen:
+                raise NotFoundError("the server has no such backup set")
+            bs = chosen[0]
+            job = self._queue_backup(s, server, bs, "manual", window_end=None)
+            self._audit(
+                s, actor, actor.org_id, "job.backup_now", server.hostname, backup_set=bs.name
+            )
+            if not self.is_connected(server):
+                self._event(
+                    s,
+                    server.org_id,
+                    "info",
+                    "job.queued",
+                    f"Backup Now for {server.hostname} is queued: the agent is not connected; "
+                    "it runs as soon as the agent connects",
+                    server_id=server.id,
+                    job_id=job.id,
+                )
+        self._wake(server_id)
+        return job
+
+    def _queue_backup(
+        self,
+        s: Session,
+        server: Server,
+        bs: BackupSet,
+        trigger: str,
+        *,
+        window_end: datetime | None,
+        attempt: int = 1,
+        not_before: datetime | None = None,
+    ) -> Job:
+        job = Job(
+            org_id=server.org_id,
+            server_id=server.id,
+            kind="backup",
+            state="queued",
+            trigger=trigger,
+            backup_set_id=bs.id,
+            params={},
+            attempt=attempt,
+            created=self.now(),
+            not_before=not_before,
+            window_end=window_end,
+            progress={},
+            log="",
+        )
+        s.add(job)
+        s.flush()
+        return job
+
+    def start_restore(
+        self,
+        actor: Actor,
+        restore_point_id: int,
+        *,
+        target_server_id: int | None,
+        target_path: str | None,
+        include: list[str],
+        existing: str,
+    ) -> Job:
+        """Restore a restore point, whole or `include` paths, to the original location
+        (no target path), to another path, or to another server of the same OS family."""
+        actor.require_write()
+        if existing not in ("skip", "overwrite", "rename"):
+            raise UsageError("existing must be skip, overwrite or rename")
+        if target_path is not None:
+            _check_paths([target_path], "target")
+        with self.db.session() as s:
+            rp: RestorePoint = self._get(s, RestorePoint, restore_point_id, actor)
+            source = self._server(s, rp.server_id, actor)
+            target = self._server(s, target_server_id or rp.server_id, actor)
+            if _os_family(target.os) != _os_family(source.os):
+                raise ConflictError(
+                    f"cannot restore a {source.os} restore point to {target.hostname} "
+                    f"({target.os}): choose a server of the same OS family"
+                )
+            if not target.enabled:
+                raise ConflictError(f"server {target.hostname} is disabled")
+            job = Job(
+                org_id=actor.org_id,
+                server_id=target.id,
+                kind="restore",
+                state="queued",
+                trigger="manual",
+                backup_set_id=rp.backup_set_id,
+                params={
+                    "restore_point_id": rp.id,
+                    "snapshot": rp.snapshot_id,
+                    "target": target_path or "/",
+                    "original": target_path is None,
+                    "original_paths": rp.paths,
+                    "include": include,
+                    "existing": existing,
+                },
+                attempt=1,
+                created=self.now(),
+                not_before=None,
+                window_end=None,
+                progress={},
+                log="",
+            )
+            s.add(job)
+            s.flush()
+            self._audit(
+                s,
+                actor,
+                actor.org_id,
+                "job.restore",
+                target.hostname,
+                restore_point=rp.snapshot_id,
+                destination=target_path or "(original location)",
+            )
+            if not self.is_connected(target):
+                self._event(
+                    s,
+                    actor.org_id,
+                    "info",
+                    "job.queued",
+                    f"restore to {target.hostname} is queued until its agent connects",
+                    server_id=target.id,
+                    job_id=job.id,
+                )
+        self._wake(target.id)
+        return job
+
+    def list_jobs(
+        self, actor: Actor, server_id: int | None = None, state: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        with self.db.session() as s:
+            q = select(Job).where(Job.org_id == actor.org_id)
+            if server_id is not None:
+                q = q.where(Job.server_id == server_id)
+            if state is not None:
+                q = q.where(Job.state == state)
+            jobs = s.scalars(q.order_by(Job.id.desc()).limit(limit)).all()
+            visible = {
+                x.id
+                for x in s.scalars(select(Server).where(Server.org_id == actor.org_id))
+                if actor.may_see_group(x.group_id)
+            }
+            return [j for j in jobs if j.server_id in visible]
+
+    def get_job(self, actor: Actor, job_id: int) -> tuple[Job, list[MissedFileRow]]:
+        with self.db.session() as s:
+            job: Job = self._get(s, Job, job_id, actor)
+            self._server(s, job.server_id, actor)
+            missed = list(s.scalars(select(MissedFileRow).where(MissedFileRow.job_id == job.id)))
+            return job, missed
+
+    def cancel_job(self, actor: Actor, job_id: int) -> Job:
+        actor.require_write()
+        with self.db.session() as s:
+            job: Job = self._get(s, Job, job_id, actor)
+            self._server(s, job.server_id, actor)
+            if job.state == "queued":
+                job.state = "cancelled"
+                job.finished = self.now()
+            elif job.state == "running":
+                job.cancel_requested = True
+            else:
+                raise ConflictError(f"job {job.id} already ended ({job.state})")
+            self._audit(s, actor, actor.org_id, "job.cancel", str(job.id))
+            return job
+
+    def list_restore_points(self, actor: Actor, server_id: int | None = None) -> list[RestorePoint]:
+        with self.db.session() as s:
+            q = select(RestorePoint).where(RestorePoint.org_id == actor.org_id)
+            if server_id is not None:
+                self._server(s, server_id, actor)
+                q = q.where(RestorePoint.server_id == server_id)
+            return list(s.scalars(q.order_by(RestorePoint.time.desc())).all())
+
+    def list_events(self, actor: Actor, limit: int = 100) -> list[Event]:
+        with self.db.session() as s:
+            q = select(Event).where(Event.org_id == actor.org_id).order_by(Event.id.desc())
+            return list(s.scalars(q.limit(limit)).all())
+
+    def list_audit(self, actor: Actor, limit: int = 100) -> list[AuditEntry]:
+        actor.require_org_admin()
+        with self.db.session() as s:
+            q = select(AuditEntry).where(AuditEntry.org_id == actor.org_id)
+            return list(s.scalars(q.order_by(AuditEntry.id.desc()).limit(limit)).all())
+
+    # -- the scheduler -----------------------------------------------------------------------
+    def fire_due_schedules(self) -> int:
+        """Create the jobs of every schedule that is due; returns how many schedules fired.
+
+        Exactly once across cloud processes: each due policy row is locked (FOR UPDATE SKIP
+        LOCKED on PostgreSQL; SQLite serializes writers) and its next_run moved forward with
+        a compare-and-set on the old value, in the same transaction that creates the jobs.
+        """
+        fired = 0
+        now = self.now()
+        with self.db.session() as s:
+            q = select(BackupPolicy).where(BackupPolicy.next_run <= now).order_by(BackupPolicy.id)
+            if self.db.is_postgres:
+                q = q.with_for_update(skip_locked=True)
+            due = list(s.scalars(q).all())
+            woken: list[int] = []
+            for policy in due:
+                when = _must(policy.next_run)
+                following = schedule.next_fire(policy.days, policy.start_time, max(now, when))
+                moved = s.execute(
+                    update(BackupPolicy)
+                    .where(BackupPolicy.id == policy.id, BackupPolicy.next_run == when)
+                    .values(next_run=following)
+                    .execution_options(synchronize_session=False)
+                )
+                if moved.rowcount != 1:  # type: ignore[attr-defined]
+                    continue  # another process fired it
+                fired += 1
+                woken += self._fire_policy(s, policy, when)
+        for server_id in woken:
+            self._wake(server_id)
+        return fired
+
+    def _fire_policy(self, s: Session, policy: BackupPolicy, when: datetime) -> list[int]:
+        woken: list[int] = []
+        end = schedule.window_end(when, policy.window_hours)
+        groups = s.scalars(select(ServerGroup).where(ServerGroup.policy_id == policy.id)).all()
+        for group in groups:
+            servers = s.scalars(
+                select(Server).where(Server.group_id == group.id, Server.enabled.is_(True))
+            ).all()
+            for server in servers:
+                for bs in s.scalars(select(BackupSet).where(BackupSet.server_id == server.id)):
+                    job = self._queue_backup(s, server, bs, "scheduled", window_end=end)
+                    if self.is_connected(server):
+                        woken.append(server.id)
+                        continue
+                    job.state = "skipped"
+                    job.finished = self.now()
+                    job.error = "the agent was not connected when the schedule fired"
+                    self._event(
+                        s,
+                        server.org_id,
+                        "warning",
+                        "job.skipped",
+                        f"scheduled backup of {server.hostname} ({bs.name}) skipped: "
+                        "the agent was not connected",
+                        server_id=server.id,
+                        job_id=job.id,
+                    )
+        return woken
+
+    # -- agents ------------------------------------------------------------------------------
+    def enroll(self, req: p.EnrollRequest) -> p.EnrollResponse:
+        with self.db.session() as s:
+            row = s.scalar(
+                select(ActivationToken).where(ActivationToken.token_hash == token_hash(req.token))
+            )
+            if row is None or row.uses_left <= 0 or self.now() > row.expires:
+                raise AuthError("the activation token is unknown, used up or expired")
+            row.uses_left -= 1
+            server = Server(
+                org_id=row.org_id,
+                group_id=row.group_id,
+                hostname=req.hostname,
+                os=req.os,
+                agent_version="",
+                cert_fingerprint="pending-" + os.urandom(8).hex(),
+                enabled=True,
+                created=self.now(),
+                last_seen=None,
+            )
+            s.add(server)
+            s.flush()
+            cert = self.ca.sign_client_csr(req.csr_pem.encode(), f"server-{server.id}")
+            server.cert_fingerprint = fingerprint(cert)
+            self._event(
+                s,
+                row.org_id,
+                "info",
+                "server.enrolled",
+                f"server {req.hostname} enrolled",
+                server_id=server.id,
+            )
+            self._audit(s, None, row.org_id, "server.enroll", req.hostname)
+            return p.EnrollResponse(
+                server_id=server.id,
+                org_id=row.org_id,
+                certificate_pem=cert_pem(cert).decode(),
+                ca_pem=self.ca.pem.decode(),
+            )
+
+    def agent_server(self, fingerprint_hex: str) -> Server:
+        """The enabled server a client certificate belongs to (revocation takes effect on the
+        next request: nothing is cached)."""
+        with self.db.session() as s:
+            server = s.scalar(select(Server).where(Server.cert_fingerprint == fingerprint_hex))
+            if server is None:
+                raise AuthError("this client certificate belongs to no enrolled server")
+            if not server.enabled:
+                raise AuthError("this server is disabled in the cloud")
+            return server
+
+    def heartbeat(self, server_id: int, hb: p.Heartbeat) -> None:
+        with self.db.session() as s:
+            server = _must(s.get(Server, server_id))
+            server.last_seen = self.now()
+            server.agent_version = hb.version
+            server.os = hb.os
+            server.hostname = hb.hostname
+            server.free_bytes = hb.free_bytes
+            q = select(Job).where(Job.server_id == server_id, Job.state == "running")
+            if hb.running_job is not None:
+                q = q.where(Job.id != hb.running_job)
+            stale = s.scalars(q).all()
+            for job in stale:
+                job.state = "aborted"
+                job.finished = self.now()
+                job.error = "the agent stopped while the job ran (restart, reboot or kill)"
+                self._event(
+                    s,
+                    job.org_id,
+                    "error",
+                    "job.aborted",
+                    f"{job.kind} job {job.id} on {server.hostname} aborted: the agent restarted",
+                    server_id=server_id,
+                    job_id=job.id,
+                )
+
+    def claim_job(self, server_id: int) -> p.JobAssignment | None:
+        """Hand the oldest runnable queued job of this server to its agent."""
+        now = self.now()
+        with self.db.session() as s:
+            q = (
+                select(Job)
+                .where(
+                    Job.server_id == server_id,
+                    Job.state == "queued",
+                    or_(Job.not_before.is_(None), Job.not_before <= now),
+                )
+                .order_by(Job.id)
+                .limit(1)
+            )
+            if self.db.is_postgres:
+                q = q.with_for_update(skip_locked=True)
+            job = s.scalar(q)
+            if job is None:
+                return None
+            if job.window_end is not None and now >= job.window_end:
+                job.state = "skipped"
+                job.finished = now
+                job.error = "the backup window closed before the agent could start"
+                return None
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.state == "queued")
+                .values(state="running", started=now)
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return self._assignment(s, job)
+
+    def _assignment(self, s: Session, job: Job) -> p.JobAssignment:
+        server = _must(s.get(Server, job.server_id))
+        group = _must(s.get(ServerGroup, server.group_id))
+        storage = _must(s.get(Storage, group.storage_id))
+        org = _must(s.get(Organization, job.org_id))
+        policy = s.get(BackupPolicy, group.policy_id) if group.policy_id else None
+        now = int(self.now().timestamp())
+        snapshot = str(job.params.get("snapshot", "")) if job.kind == "restore" else ""
+        claims = tokens.StorageClaims(
+            org=job.org_id,
+            server=server.id,
+            job=job.id,
+            access="restore" if job.kind == "restore" else "backup",
+            snapshot=snapshot,
+            iat=now,
+            exp=now + self.token_ttl_s,
+        )
+        key = self.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
+        a = p.JobAssignment(
+            job_id=job.id,
+            kind="restore" if job.kind == "restore" else "backup",
+            org_id=job.org_id,
+            storage_url=storage.url,
+            storage_token=tokens.sign(self.token_key, claims),
+            repo_key=base64.b64encode(key).decode(),
+            bandwidth_kib=policy.bandwidth_kib if policy else 0,
+        )
+        if job.kind == "backup":
+            bs = _must(s.get(BackupSet, job.backup_set_id))
+            a.backup = p.BackupSpec(
+                backup_set_id=bs.id,
+                backup_set_name=bs.name,
+                include=list(bs.include),
+                exclude=list(bs.exclude),
+                window_end=job.window_end,
+            )
+        else:
+            prm = job.params
+            a.restore = p.RestoreSpec(
+                snapshot=prm["snapshot"],
+                include=list(prm.get("include", [])),
+                target=prm["target"],
+                existing=prm.get("existing", "skip"),
+                original_paths=list(prm.get("original_paths", [])) if prm.get("original") else [],
+            )
+        return a
+
+    def job_progress(self, server_id: int, job_id: int, prog: p.Progress) -> p.ProgressAck:
+        with self.db.session() as s:
+            job = self._agent_job(s, server_id, job_id)
+            job.progress = prog.model_dump(exclude={"log"})
+            if prog.log:
+                job.log = (job.log + "".join(line + "\n" for line in prog.log))[-200_000:]
+            return p.ProgressAck(cancel=job.cancel_requested)
+
+    def _agent_job(self, s: Session, server_id: int, job_id: int) -> Job:
+        job = s.get(Job, job_id)
+        if job is None or job.server_id != server_id:
+            raise NotFoundError(f"job {job_id} not found")
+        if job.state != "running":
+            raise ConflictError(f"job {job_id} is not running ({job.state})")
+        return job
+
+    def finish_job(self, server_id: int, job_id: int, res: p.JobResult) -> None:
+        with self.db.session() as s:
+            job = self._agent_job(s, server_id, job_id)
+            server = _must(s.get(Server, server_id))
+            job.state = res.state
+            job.finished = self.now()
+            job.error = res.error
+            job.snapshot_id = res.snapshot_id
+            if res.log:
+                job.log = (job.log + "".join(line + "\n" for line in res.log))[-200_000:]
+            for m in res.missed:
+                s.add(MissedFileRow(job_id=job.id, path=m.path, reason=m.reason))
+            if job.kind == "backup" and res.snapshot_id and res.state in ("succeeded", "partial"):
+                bs = s.get(BackupSet, job.backup_set_id)
+                s.add(
+                    RestorePoint(
+                        org_id=job.org_id,
+                        server_id=server_id,
+                        backup_set_id=job.backup_set_id,
+                        job_id=job.id,
+                        snapshot_id=res.snapshot_id,
+                        time=res.snapshot_time or self.now(),
+                        paths=list(bs.include) if bs else [],
+                        files=res.files,
+                        bytes=res.bytes,
+                        bytes_added=res.bytes_added,
+                        partial=res.state == "partial",
+                    )
+                )
+            severity = {"succeeded": "info", "partial": "warning"}.get(res.state, "error")
+            what = f"{job.kind} job {job.id} on {server.hostname}: {res.state}"
+            if res.missed:
+                what += f", {len(res.missed)} missed files (tried again next backup)"
+            if res.error:
+                what += f": {res.error}"
+            self._event(
+                s,
+                job.org_id,
+                severity,
+                f"job.{res.state}",
+                what,
+                server_id=server_id,
+                job_id=job.id,
+            )
+            if res.state == "failed" and job.kind == "backup":
+                self._maybe_retry(s, job, server)
+
+    def _maybe_retry(self, s: Session, job: Job, server: Server) -> None:
+        group = s.get(ServerGroup, server.group_id)
+        policy = s.get(BackupPolicy, group.policy_id) if group and group.policy_id else None
+        retries = policy.max_retries if policy else 0
+        if job.attempt > retries:
+            self._event(
+                s,
+                job.org_id,
+                "error",
+                "job.gave_up",
+                f"backup of {server.hostname} failed after {job.attempt} attempts",
+                server_id=server.id,
+                job_id=job.id,
+            )
+            return
+        bs = s.get(BackupSet, job.backup_set_id)
+        if bs is None:
+            return
+        interval = timedelta(minutes=policy.retry_interval_min if policy else 30)
+        retry = self._queue_backup(
+            s,
+            server,
+            bs,
+            "retry",
+            window_end=job.window_end,
+            attempt=job.attempt + 1,
+            not_before=self.now() + interval,
+        )
+        self._event(
+            s,
+            job.org_id,
+            "info",
+            "job.retry",
+            f"backup of {server.hostname} will be retried (attempt {retry.attempt}) "
+            f"after {retry.not_before:%H:%M} UTC",
+            server_id=server.id,
+            job_id=retry.id,
+        )
+
+
+def _must(obj: T | None) -> T:
+    """A row another row points at (foreign keys make its absence a bug, not user error)."""
+    if obj is None:
+        raise ConflictError("the catalog changed during the request; try again")
+    return obj
+
+
+def _os_family(os_name: str) -> str:
+    return "windows" if os_name.lower().startswith("windows") else "linux"
+
+
+def _check_paths(paths: list[str], what: str, *, absolute: bool = True) -> None:
+    if what == "include" and not paths:
+        raise UsageError("a backup set needs at least one include path")
+    for path in paths:
+        if not path or "\x00" in path or len(path) > 4096:
+            raise UsageError(f"invalid {what} path {path!r}")
+        if absolute and not path.startswith("/"):
+            raise UsageError(f"{what} path {path!r} must be absolute")
+        if absolute and ".." in path.split("/"):
+            raise UsageError(f"{what} path {path!r} must not contain '..'")
+
+
+_POLICY_FIELDS = {
+    "days",
+    "start_time",
+    "window_hours",
+    "max_retries",
+    "retry_interval_min",
+    "bandwidth_kib",
+    "retention",
+    "cold_after_days",
+}
+
+
+def _policy_fields(fields: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    unknown = set(fields) - _POLICY_FIELDS
+    if unknown:
+        raise UsageError(f"unknown policy fields: {', '.join(sorted(unknown))}")
+    out = {k: v for k, v in fields.items() if v is not None}
+    if not partial:
+        out.setdefault("days", "daily")
+        out.setdefault("start_time", "22:00")
+        out.setdefault("window_hours", 0)
+        out.setdefault("max_retries", 2)
+        out.setdefault("retry_interval_min", 30)
+        out.setdefault("bandwidth_kib", 0)
+        out.setdefault("retention", dict(DEFAULT_RETENTION))
+        out.setdefault("cold_after_days", 90)
+    if "days" in out:
+        out["days"] = schedule.format_days(schedule.parse_days(out["days"]))
+    if "start_time" in out:
+        schedule.parse_time(out["start_time"])
+    for k in ("window_hours", "max_retries", "retry_interval_min", "bandwidth_kib"):
+        if k in out and not 0 <= int(out[k]) <= 1_000_000:
+            raise UsageError(f"{k} must be between 0 and 1000000")
+    if "window_hours" in out and out["window_hours"] > 168:
+        raise UsageError("window_hours must be at most 168 (0 means no window)")
+    if "cold_after_days" in out and not 1 <= int(out["cold_after_days"]) <= 36500:
+        raise UsageError("cold_after_days must be between 1 and 36500")
+    return out
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, str | int | float | bool | dict | list)}

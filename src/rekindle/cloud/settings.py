@@ -1,0 +1,35 @@
+"""Cloud settings: defaults, then a TOML-free env file, then environment variables
+(``REKINDLE_CLOUD_*``). Everything needed to run lives under `data_dir`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REKINDLE_CLOUD_", env_file=None)
+
+    data_dir: Path = Path("var/cloud")
+    #: SQLAlchemy URL; empty means SQLite at data_dir/cloud.sqlite.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8443
+    #: Names the TLS certificate is valid for (besides `host`).
+    hostnames: list[str] = ["localhost", "127.0.0.1"]
+    #: Where agents reach the storage node the cloud assigns.
+    storage_url: str = "https://127.0.0.1:8444"
+    #: Storage tokens live this long (seconds); a job asks again for a long backup.
+    token_ttl_s: int = 6 * 3600
+    #: How often the scheduler looks for schedules due (seconds).
+    scheduler_interval_s: float = 15.0
+    #: An agent that has not polled for this long counts as not connected (seconds).
+    connected_grace_s: float = 90.0
+    #: Admin session tokens expire after this long idle (seconds).
+    session_ttl_s: int = 12 * 3600
+
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cloud.sqlite').resolve()}"
