@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC ?=
 
-.PHONY: run test lint typecheck contracts unit soak bench clean
+.PHONY: run demo test lint typecheck contracts unit soak bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,8 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## run: back up a sample tree (or SRC=/some/dir) into ./var/repo, restore it and verify it
+## run: cloud + storage node + local agent on ./var; protects a sample tree (or SRC=/some/dir)
 run: $(STAMP)
+	$(BIN)/rekindle allinone $(if $(SRC),--src "$(SRC)",)
+
+## demo: the engine alone: back up, restore and verify byte for byte into ./var/repo
+demo: $(STAMP)
 	$(BIN)/rekindle demo $(if $(SRC),--src "$(SRC)",)
 
 ## test: lint, type-check, layer contracts and the whole test suite

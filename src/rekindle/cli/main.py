@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rekindle import __version__
-from rekindle.cli import admin, demo, repo, services
+from rekindle.cli import admin, allinone, demo, repo, services
 from rekindle.core.errors import ExitCode, RekindleError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(services.storage_app, name="storage")
 app.add_typer(services.agent_app, name="agent")
 app.add_typer(admin.app, name="admin")
 app.command("demo")(demo.demo)
+app.command("allinone")(allinone.allinone)
 
 
 def _version(value: bool) -> None:

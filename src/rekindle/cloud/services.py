@@ -257,6 +257,31 @@ class CloudServices:
             self._audit(s, Actor(admin.id, admin.org_id, admin.role), admin.org_id, "login", email)
             return token
 
+    def login_actor(self, actor: Actor) -> str:
+        """A session for an admin the caller already authenticated (the all-in-one start)."""
+        token = new_token("rks")
+        with self.db.session() as s:
+            now = self.now()
+            s.add(
+                ApiToken(
+                    admin_id=actor.admin_id,
+                    token_hash=token_hash(token),
+                    name="all-in-one",
+                    kind="personal",
+                    created=now,
+                    last_used=now,
+                    expires=now + timedelta(days=30),
+                )
+            )
+        return token
+
+    def list_admins_by_email(self, email: str) -> Admin:
+        with self.db.session() as s:
+            admin = s.scalar(select(Admin).where(Admin.email == email))
+            if admin is None:
+                raise NotFoundError(f"no admin {email}")
+            return admin
+
     def create_api_token(self, actor: Actor, name: str, days: int) -> str:
         token = new_token("rkp")
         with self.db.session() as s:

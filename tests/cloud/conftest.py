@@ -1,0 +1,72 @@
+"""A cloud on a real database (SQLite or PostgreSQL), with a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rekindle.cloud.app import CloudState, create_app, prepare
+from rekindle.cloud.services import Actor, CloudServices
+from rekindle.cloud.settings import CloudSettings
+from rekindle.core.clock import FakeClock
+from rekindle.net import pki
+from rekindle.net import protocol as p
+
+START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday
+
+
+@dataclass
+class Cloud:
+    state: CloudState
+    svc: CloudServices
+    clock: FakeClock
+    admin: Actor
+    password: str
+
+    def enroll(self, hostname: str = "web1", group_id: int | None = None) -> int:
+        group = group_id or self.svc.list_groups(self.admin)[0].id
+        token = self.svc.create_activation_token(self.admin, group)
+        key = pki.new_key()
+        res = self.svc.enroll(
+            p.EnrollRequest(
+                token=token,
+                hostname=hostname,
+                os="Linux 6.1",
+                csr_pem=pki.make_csr(key, hostname).decode(),
+            )
+        )
+        return res.server_id
+
+    def connect(self, server_id: int, running_job: int | None = None) -> None:
+        self.svc.heartbeat(
+            server_id,
+            p.Heartbeat(version="t", os="Linux 6.1", hostname="h", running_job=running_job),
+        )
+
+
+@pytest.fixture
+def cloud(database_url: str, tmp_path: Path) -> Iterator[Cloud]:
+    clock = FakeClock(START)
+    settings = CloudSettings(data_dir=tmp_path / "cloud", database_url=database_url)
+    state = prepare(settings, clock=clock)
+    svc = state.services
+    _org, password = svc.create_organization("acme", "admin@acme.test", "correct horse")
+    admin = svc.list_admins_by_email("admin@acme.test")
+    yield Cloud(state, svc, clock, Actor(admin.id, admin.org_id, admin.role), password)
+    svc.db.close()
+
+
+@pytest.fixture
+def api(cloud: Cloud) -> Iterator[TestClient]:
+    app = create_app(cloud.state, run_scheduler=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        token = client.post(
+            "/api/v1/login", json={"email": "admin@acme.test", "password": "correct horse"}
+        ).json()["token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client

@@ -1,0 +1,141 @@
+"""The admin API on SQLite and PostgreSQL: authentication, roles, validation (4xx with a
+clear message, never a 500), the audit log and the published OpenAPI."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.cloud.conftest import Cloud
+
+
+def test_login_wrong_password_and_missing_token_are_401(api: TestClient) -> None:
+    r = api.post("/api/v1/login", json={"email": "admin@acme.test", "password": "nope"})
+    assert r.status_code == 401
+    assert "wrong email or password" in r.json()["detail"]
+    r = api.get("/api/v1/servers", headers={"Authorization": ""})
+    assert r.status_code == 401
+    r = api.get("/api/v1/servers", headers={"Authorization": "Bearer rks_forged"})
+    assert r.status_code == 401
+
+
+def test_malformed_input_gets_a_clear_4xx(api: TestClient) -> None:
+    r = api.post(
+        "/api/v1/policies", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 422
+    r = api.post("/api/v1/policies", json={"name": "p", "days": "funday"})
+    assert r.status_code == 422
+    assert "unknown day 'funday'" in r.json()["detail"]
+    r = api.post("/api/v1/policies", json={"name": "p", "start_time": "25:00"})
+    assert r.status_code == 422
+    assert "HH:MM" in r.json()["detail"]
+    r = api.post("/api/v1/policies", json={"name": "p", "window_hours": -1})
+    assert r.status_code == 422
+    r = api.get("/api/v1/jobs/999999")
+    assert r.status_code == 404
+    r = api.get("/api/v1/jobs/not-a-number")
+    assert r.status_code == 422
+    r = api.post("/api/v1/restores", json={"restore_point_id": 5, "existing": "explode"})
+    assert r.status_code == 422
+    r = api.post("/api/v1/groups", json={"name": "g", "policy_id": 12345})
+    assert r.status_code == 404
+
+
+def test_policy_group_backup_set_flow_is_audited(api: TestClient, cloud: Cloud) -> None:
+    r = api.post(
+        "/api/v1/policies",
+        json={"name": "nightly", "days": "mon-fri", "start_time": "22:30", "window_hours": 8},
+    )
+    assert r.status_code == 201, r.text
+    pol = r.json()
+    assert pol["days"] == "mon,tue,wed,thu,fri"
+    assert pol["next_run"].startswith("2026-03-02T22:30")  # START is a Monday noon
+    r = api.post("/api/v1/groups", json={"name": "web", "policy_id": pol["id"]})
+    assert r.status_code == 201
+    group = r.json()
+    r = api.post("/api/v1/activation-tokens", json={"group_id": group["id"]})
+    assert r.status_code == 201
+    assert "rekindle agent enroll --cloud" in r.json()["command"]
+    assert r.json()["token"] in r.json()["command"]
+    server_id = cloud.enroll("web1", group["id"])
+    r = api.post(
+        f"/api/v1/servers/{server_id}/backup-sets",
+        json={"name": "www", "include": ["relative/path"]},
+    )
+    assert r.status_code == 422
+    assert "must be absolute" in r.json()["detail"]
+    r = api.post(
+        f"/api/v1/servers/{server_id}/backup-sets",
+        json={"name": "www", "include": ["/srv/www"], "exclude": ["*.tmp"]},
+    )
+    assert r.status_code == 201
+    r = api.post(
+        f"/api/v1/servers/{server_id}/backup-sets", json={"name": "www", "include": ["/srv"]}
+    )
+    assert r.status_code == 409
+    actions = [a["action"] for a in api.get("/api/v1/audit").json()]
+    for want in (
+        "policy.create",
+        "group.create",
+        "activation_token.create",
+        "server.enroll",
+        "backup_set.create",
+        "login",
+    ):
+        assert want in actions
+    assert api.get("/openapi.json").json()["info"]["title"] == "Rekindle cloud"
+
+
+def test_roles_limit_what_an_admin_may_do(api: TestClient, cloud: Cloud) -> None:
+    r = api.post("/api/v1/groups", json={"name": "db"})
+    db_group = r.json()["id"]
+    default_group = cloud.svc.list_groups(cloud.admin)[0].id
+    in_db = cloud.enroll("db1", db_group)
+    in_default = cloud.enroll("web1", default_group)
+
+    r = api.post("/api/v1/admins", json={"email": "ro@acme.test", "role": "read_only"})
+    assert r.status_code == 201
+    ro_password = r.json()["password"]
+    r = api.post(
+        "/api/v1/admins",
+        json={"email": "dba@acme.test", "role": "group_admin", "group_ids": [db_group]},
+    )
+    dba_password = r.json()["password"]
+
+    def session(email: str, password: str) -> dict[str, str]:
+        r = api.post("/api/v1/login", json={"email": email, "password": password})
+        assert r.status_code == 200
+        return {"Authorization": f"Bearer {r.json()['token']}"}
+
+    ro = session("ro@acme.test", ro_password)
+    assert api.get("/api/v1/servers", headers=ro).status_code == 200
+    r = api.post(f"/api/v1/servers/{in_db}/backup-now", json={}, headers=ro)
+    assert r.status_code == 403
+    assert "read-only" in r.json()["detail"]
+    assert api.get("/api/v1/audit", headers=ro).status_code == 403
+
+    dba = session("dba@acme.test", dba_password)
+    seen = {s["id"] for s in api.get("/api/v1/servers", headers=dba).json()}
+    assert seen == {in_db}
+    assert api.get(f"/api/v1/servers/{in_default}", headers=dba).status_code == 404
+    r = api.patch(f"/api/v1/servers/{in_default}", json={"enabled": False}, headers=dba)
+    assert r.status_code == 404
+    r = api.post("/api/v1/admins", json={"email": "x@acme.test", "role": "org_admin"}, headers=dba)
+    assert r.status_code == 403
+
+
+def test_other_organizations_are_invisible(api: TestClient, cloud: Cloud) -> None:
+    cloud.enroll("web1")
+    other_org, other_pw = cloud.svc.create_organization("globex", "admin@globex.test")
+    r = api.post("/api/v1/login", json={"email": "admin@globex.test", "password": other_pw})
+    other = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert api.get("/api/v1/servers", headers=other).json() == []
+    mine = api.get("/api/v1/servers").json()
+    assert len(mine) == 1
+    assert api.get(f"/api/v1/servers/{mine[0]['id']}", headers=other).status_code == 404
+    assert other_org != cloud.admin.org_id
+
+
+def test_logout_ends_the_session(api: TestClient) -> None:
+    assert api.post("/api/v1/logout").status_code == 204
+    assert api.get("/api/v1/servers").status_code == 401
