@@ -63,9 +63,8 @@ def allinone(
     from rekindle.net.pki import write_private
     from rekindle.net.tlsserver import make_server
     from rekindle.net.tokens import load_public
-    from rekindle.storagenode.app import OrgBackends
+    from rekindle.storagenode.app import OrgBackends, local_factory
     from rekindle.storagenode.app import create_app as storage_app
-    from rekindle.storagenode.app import local_factory
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     var = var.resolve()

@@ -261,19 +261,24 @@ def agent_router(recheck_s: float = 2.0) -> APIRouter:
     async def poll(
         body: p.Heartbeat, svc: Svc, server_id: AgentId, request: Request, wait: float = 20.0
     ) -> p.PollResponse:
-        await run_in_threadpool(svc.heartbeat, server_id, body)
+        wait = max(0.0, min(wait, p.POLL_WAIT_S))
+        await run_in_threadpool(svc.heartbeat, server_id, body, wait)
         waker: Waker = request.app.state.waker
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, min(wait, p.POLL_WAIT_S))
+        deadline = loop.time() + wait
         while True:
             ev = waker.event(server_id)
             ev.clear()
+            if await request.is_disconnected():
+                await run_in_threadpool(lambda: svc.poll_ended(server_id, dropped=True))
+                return p.PollResponse(job=None)
             job = await run_in_threadpool(svc.claim_job, server_id)
             if job is not None:
                 return p.PollResponse(job=job)
-            left = deadline - loop.time()
-            if left <= 0 or await request.is_disconnected():
+            if deadline - loop.time() <= 0:
+                await run_in_threadpool(lambda: svc.poll_ended(server_id, dropped=False))
                 return p.PollResponse(job=None)
+            left = deadline - loop.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), timeout=min(left, recheck_s))
 

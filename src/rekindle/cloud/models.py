@@ -148,6 +148,9 @@ class Server(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created: Mapped[datetime]
     last_seen: Mapped[datetime | None]
+    #: The agent counts as connected until then: pushed forward by every poll, progress
+    #: report and result, and reset when the cloud sees its long-poll connection drop.
+    connected_until: Mapped[datetime | None]
     free_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 

@@ -97,7 +97,7 @@ class CloudServices:
         clock: Clock,
         default_storage_url: str,
         token_ttl_s: int = 6 * 3600,
-        connected_grace_s: float = 90.0,
+        connected_grace_s: float = 15.0,
         session_ttl_s: int = 12 * 3600,
     ) -> None:
         self.db = db
@@ -175,9 +175,26 @@ class CloudServices:
     def is_connected(self, server: Server) -> bool:
         return (
             server.enabled
-            and server.last_seen is not None
-            and (self.now() - server.last_seen).total_seconds() <= self.connected_grace_s
+            and server.connected_until is not None
+            and self.now() <= server.connected_until
         )
+
+    def _seen(self, s: Session, server_id: int, for_s: float) -> Server:
+        server = _must(s.get(Server, server_id))
+        server.last_seen = self.now()
+        server.connected_until = self.now() + timedelta(seconds=for_s)
+        return server
+
+    def poll_ended(self, server_id: int, *, dropped: bool) -> None:
+        """A long-poll returned (the agent polls again at once) or its connection dropped
+        (the agent is gone: a Backup Now from now on waits in the queue)."""
+        with self.db.session() as s:
+            server = _must(s.get(Server, server_id))
+            if dropped:
+                server.connected_until = self.now()
+            else:
+                server.last_seen = self.now()
+                server.connected_until = self.now() + timedelta(seconds=self.connected_grace_s)
 
     # -- organizations and admins -----------------------------------------------------------
     def create_organization(
@@ -812,10 +829,9 @@ class CloudServices:
                 raise AuthError("this server is disabled in the cloud")
             return server
 
-    def heartbeat(self, server_id: int, hb: p.Heartbeat) -> None:
+    def heartbeat(self, server_id: int, hb: p.Heartbeat, poll_s: float = p.POLL_WAIT_S) -> None:
         with self.db.session() as s:
-            server = _must(s.get(Server, server_id))
-            server.last_seen = self.now()
+            server = self._seen(s, server_id, poll_s + self.connected_grace_s)
             server.agent_version = hb.version
             server.os = hb.os
             server.hostname = hb.hostname
@@ -922,6 +938,7 @@ class CloudServices:
     def job_progress(self, server_id: int, job_id: int, prog: p.Progress) -> p.ProgressAck:
         with self.db.session() as s:
             job = self._agent_job(s, server_id, job_id)
+            self._seen(s, server_id, self.connected_grace_s)
             job.progress = prog.model_dump(exclude={"log"})
             if prog.log:
                 job.log = (job.log + "".join(line + "\n" for line in prog.log))[-200_000:]
@@ -938,7 +955,7 @@ class CloudServices:
     def finish_job(self, server_id: int, job_id: int, res: p.JobResult) -> None:
         with self.db.session() as s:
             job = self._agent_job(s, server_id, job_id)
-            server = _must(s.get(Server, server_id))
+            server = self._seen(s, server_id, self.connected_grace_s)
             job.state = res.state
             job.finished = self.now()
             job.error = res.error

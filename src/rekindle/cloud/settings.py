@@ -24,8 +24,9 @@ class CloudSettings(BaseSettings):
     token_ttl_s: int = 6 * 3600
     #: How often the scheduler looks for schedules due (seconds).
     scheduler_interval_s: float = 15.0
-    #: An agent that has not polled for this long counts as not connected (seconds).
-    connected_grace_s: float = 90.0
+    #: An agent counts as connected this long after its last poll ended or its last report
+    #: (seconds); a poll connection that drops disconnects it at once.
+    connected_grace_s: float = 15.0
     #: Admin session tokens expire after this long idle (seconds).
     session_ttl_s: int = 12 * 3600
 

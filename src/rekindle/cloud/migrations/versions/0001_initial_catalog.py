@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 17:48:41.717601
+Create Date: 2026-11-25 18:13:43.383459
 """
 
 from __future__ import annotations
@@ -176,6 +176,9 @@ def upgrade() -> None:
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("created", rekindle.cloud.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_seen", rekindle.cloud.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "connected_until", rekindle.cloud.models.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.Column("free_bytes", sa.BigInteger(), nullable=True),
         sa.ForeignKeyConstraint(
             ["group_id"],

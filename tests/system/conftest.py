@@ -1,0 +1,223 @@
+"""A whole installation in real processes on loopback over TLS: `rekindle cloud serve`,
+`rekindle storage serve` and agents (`rekindle agent run`), driven with `rekindle admin`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import _free_port
+
+REKINDLE = str(Path(sys.executable).parent / "rekindle")
+
+
+def _wait_healthy(url: str, ca: Path | None, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{url} exited early:\n{log.read_text()}")
+        try:
+            verify = ssl.create_default_context(cafile=str(ca)) if ca else False
+            httpx.get(f"{url}/health", verify=verify, timeout=2).raise_for_status()
+            return
+        except (httpx.HTTPError, OSError):
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up:\n{log.read_text()}")
+
+
+@dataclass
+class Product:
+    root: Path
+    cloud_url: str
+    storage_url: str
+    ca: Path
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    servers: dict[str, int] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = self.root / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [REKINDLE, *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(
+            [REKINDLE, "admin", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(
+                f"rekindle admin {' '.join(args)}: {p.returncode}\n{p.stdout}{p.stderr}"
+            )
+        return p
+
+    def admin_json(self, *args: str) -> Any:
+        return json.loads(self.admin(*args, "--json").stdout)
+
+    def agent_dir(self, host: str) -> Path:
+        return self.root / f"agent-{host}"
+
+    def enroll(self, host: str, group_id: int) -> int:
+        token = self.admin_json("activation-token", str(group_id))["token"]
+        out = subprocess.run(
+            [
+                REKINDLE,
+                "agent",
+                "enroll",
+                "--cloud",
+                self.cloud_url,
+                "--ca-file",
+                str(self.ca),
+                "--token",
+                token,
+                "--data-dir",
+                str(self.agent_dir(host)),
+                "--hostname",
+                host,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "enrolled as server" in out.stdout
+        sid = int(json.loads((self.agent_dir(host) / "agent.json").read_text())["server_id"])
+        self.servers[host] = sid
+        return sid
+
+    def start_agent(self, host: str) -> None:
+        self.start(
+            f"agent-{host}",
+            "agent",
+            "run",
+            "--data-dir",
+            str(self.agent_dir(host)),
+            "--hostname",
+            host,
+        )
+
+    def wait_connected(self, host: str, *, connected: bool = True, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = {s["id"]: s for s in self.admin_json("servers")}
+            if rows[self.servers[host]]["connected"] is connected:
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"agent {host} still {'dis' if connected else ''}connected")
+
+    def wait_job(self, job_id: int, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = self.admin_json("job", str(job_id))
+            if job["state"] not in ("queued", "running"):
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} did not finish: {job}")
+
+    def backup_now(self, host: str) -> dict[str, Any]:
+        job = self.admin_json("backup-now", str(self.servers[host]))
+        return self.wait_job(job["id"])
+
+
+@pytest.fixture(scope="module")
+def product() -> Iterator[Product]:
+    root = Path(tempfile.mkdtemp(prefix="rekindle-sys-"))
+    cport, sport = _free_port(), _free_port()
+    cloud_url, storage_url = f"https://127.0.0.1:{cport}", f"https://127.0.0.1:{sport}"
+    env = {
+        **os.environ,
+        "REKINDLE_ADMIN_CONFIG": str(root / "admin.json"),
+        "REKINDLE_CLOUD_SCHEDULER_INTERVAL_S": "1",
+        "REKINDLE_CACHE_DIR": str(root / "cache"),
+    }
+    prod = Product(root, cloud_url, storage_url, root / "cloud" / "ca" / "ca.pem", env)
+    try:
+        subprocess.run(
+            [
+                REKINDLE,
+                "cloud",
+                "storage-credentials",
+                "--data-dir",
+                str(root / "cloud"),
+                "--out",
+                str(root / "storage"),
+                "--hostname",
+                "127.0.0.1",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        cloud = prod.start(
+            "cloud",
+            "cloud",
+            "serve",
+            "--data-dir",
+            str(root / "cloud"),
+            "--port",
+            str(cport),
+            "--storage-url",
+            storage_url,
+        )
+        _wait_healthy(cloud_url, prod.ca, cloud, root / "cloud.log")
+        storage = prod.start(
+            "storage", "storage", "serve", "--data-dir", str(root / "storage"), "--port", str(sport)
+        )
+        _wait_healthy(storage_url, prod.ca, storage, root / "storage.log")
+        prod.admin(
+            "login",
+            "--cloud",
+            cloud_url,
+            "--ca-file",
+            str(prod.ca),
+            "--password-file",
+            str(root / "cloud" / "initial-admin-password"),
+        )
+        yield prod
+    finally:
+        for name in list(prod.procs):
+            prod.stop(name)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def next_minute() -> str:
+    t = datetime.now(UTC) + timedelta(minutes=1)
+    return f"{t:%H:%M}"
