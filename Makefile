@@ -36,7 +36,7 @@ contracts: $(STAMP)
 	$(BIN)/pytest -q tests/unit/test_layers.py
 
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadgroup -q
+	$(BIN)/pytest -n 2 --dist loadfile -q
 
 ## soak: long crash-injection loops (hundreds of kill -9 runs)
 soak: $(STAMP)

@@ -826,7 +826,7 @@ class CloudServices:
             if server is None:
                 raise AuthError("this client certificate belongs to no enrolled server")
             if not server.enabled:
-                raise AuthError("this server is disabled in the cloud")
+                raise ForbiddenError("this server is disabled in the cloud")
             return server
 
     def heartbeat(self, server_id: int, hb: p.Heartbeat, poll_s: float = p.POLL_WAIT_S) -> None:
