@@ -12,13 +12,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rekindle.agent.state import AgentState
 from rekindle.core.errors import NotARepositoryError, RekindleError, UsageError
 from rekindle.format.registry import NodeType
 from rekindle.net import protocol as p
-from rekindle.repository.backup import BackupOptions, BackupStats, backup
+from rekindle.repository.backup import BackupOptions, BackupStats, BackupStopped, backup
 from rekindle.repository.browse import walk
 from rekindle.repository.repo import Repository, Secret
 from rekindle.repository.restore import Existing, RestoreOptions, RestoreStats, restore
@@ -114,6 +115,14 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
             eta_s=eta,
         )
 
+    reporter = _Reporter(sink, progress)
+    window_end = spec.window_end
+
+    def should_stop() -> bool:
+        if reporter.cancel.is_set():
+            return True
+        return window_end is not None and datetime.now(UTC) >= window_end
+
     try:
         opts = BackupOptions(
             paths=list(spec.include),
@@ -123,9 +132,19 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
             tags=[f"backup-set:{spec.backup_set_id}"],
             # The cloud shows an estimate: count the files ahead of reading them.
             estimate=True,
+            should_stop=should_stop,
         )
-        with _Reporter(sink, progress):
+        with reporter:
             result = backup(repo, opts, stats)
+    except BackupStopped as e:
+        why = "cancelled by an admin" if reporter.cancel.is_set() else "the backup window closed"
+        return p.JobResult(
+            state="stopped",
+            error=f"{why}: {e}",
+            files=stats.files_done,
+            bytes=stats.bytes_total,
+            bytes_added=stats.bytes_added,
+        )
     finally:
         repo.close()
     snap = result.snapshot

@@ -379,6 +379,13 @@ def job(job_id: int, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def cancel(job_id: int, as_json: JsonOpt = False) -> None:
+    """Cancel a job: a queued one at once; a running backup stops cleanly, keeping what it
+    stored for the next run."""
+    show(call("POST", f"/jobs/{job_id}/cancel"), as_json, _JOB_COLS)
+
+
+@app.command()
 def wait(
     job_id: int, timeout: Annotated[float, typer.Option()] = 3600.0, as_json: JsonOpt = False
 ) -> None:

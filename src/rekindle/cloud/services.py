@@ -981,7 +981,9 @@ class CloudServices:
                         partial=res.state == "partial",
                     )
                 )
-            severity = {"succeeded": "info", "partial": "warning"}.get(res.state, "error")
+            severity = {"succeeded": "info", "partial": "warning", "stopped": "warning"}.get(
+                res.state, "error"
+            )
             what = f"{job.kind} job {job.id} on {server.hostname}: {res.state}"
             if res.missed:
                 what += f", {len(res.missed)} missed files (tried again next backup)"

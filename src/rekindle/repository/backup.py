@@ -29,7 +29,7 @@ from pathlib import Path
 import pathspec
 
 from rekindle import __version__
-from rekindle.core.errors import UsageError
+from rekindle.core.errors import RekindleError, UsageError
 from rekindle.format import codec
 from rekindle.format.chunker import Chunker
 from rekindle.format.registry import BlobKind, NodeType
@@ -64,6 +64,21 @@ class BackupOptions:
     # Count the files ahead of the backup for an ETA. Costs interpreter time (the GIL), so
     # only worth it when someone watches the progress.
     estimate: bool = True
+    #: Asked before each file: True stops the backup cleanly (a backup window closed, an
+    #: admin cancelled). What was stored so far is indexed, so the next run skips it.
+    should_stop: Callable[[], bool] | None = None
+
+
+class BackupStopped(RekindleError):  # noqa: N818 - a stop on request, not a failure
+    """The backup was stopped on request before it finished. No restore point was written;
+    the data already uploaded is in the index and the next backup reuses it."""
+
+    def __init__(self, stats: BackupStats) -> None:
+        super().__init__(
+            f"backup stopped on request after {stats.files_done} files; "
+            "the next backup continues from what was stored"
+        )
+        self.stats = stats
 
 
 @dataclass
@@ -246,6 +261,8 @@ class Archiver:
         pos = start
         total = 0
         while True:
+            if self._stop_requested():
+                raise _StopRequested  # mid-file: what was stored stays; the file is redone
             want = READ_SEGMENT if length is None else min(READ_SEGMENT, start + length - pos)
             n = os.preadv(fd, [buf[filled : filled + want]], pos) if want > 0 else 0
             pos += n
@@ -266,6 +283,9 @@ class Archiver:
             buf[:carry] = buf[end - carry : end]
             filled = carry
         return total
+
+    def _stop_requested(self) -> bool:
+        return self.opts.should_stop is not None and self.opts.should_stop()
 
     def _read_batch(self, files: list[tuple[bytes, os.stat_result]]) -> list[_FileResult | OSError]:
         out: list[_FileResult | OSError] = []
@@ -420,6 +440,8 @@ class Archiver:
         with self.stats.lock:
             self.stats.dirs += 1
         for entry in entries:
+            if self._stop_requested():
+                raise _StopRequested
             name = entry.name if isinstance(entry.name, bytes) else os.fsencode(entry.name)
             child = os.path.join(path, name)
             child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
@@ -519,8 +541,16 @@ class Archiver:
                 else None
             )
             try:
-                root_ids = self._backup_layout(layout)
-                self.writer.flush()
+                try:
+                    root_ids = self._backup_layout(layout)
+                except _StopRequested:
+                    # Let the files being read finish, then index everything stored.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    self.writer.flush()
+                    stopped = True
+                else:
+                    self.writer.flush()
+                    stopped = False
             finally:
                 if scanner is not None:
                     scanner.stop()
@@ -528,6 +558,8 @@ class Archiver:
             with self.stats.lock:
                 self.stats.bytes_added = self.writer.bytes_added
                 self.stats.blobs_added = self.writer.blobs_added
+            if stopped:
+                raise BackupStopped(self.stats)
             snap = Snapshot(
                 time=self._started_at,
                 host=self.opts.host or os.uname().nodename,
@@ -609,6 +641,10 @@ class Archiver:
             if s.host == host and sorted(s.paths) == want and (best is None or s.time > best.time):
                 best = s
         return best.id if best else None
+
+
+class _StopRequested(Exception):  # noqa: N818 - a signal inside the walk, never escapes
+    pass
 
 
 @dataclass

@@ -465,3 +465,33 @@ def test_one_file_system_records_mount_points_empty(tmp_path: Path) -> None:
     assert (tmp_path / "one" / "mnt").is_dir()
     assert list((tmp_path / "one" / "mnt").iterdir()) == []
     assert (tmp_path / "both" / "mnt" / "other").read_text() == "other file system"
+
+
+def test_a_stopped_backup_indexes_what_it_stored_and_the_next_run_reuses_it(
+    tmp_path: Path,
+) -> None:
+    from rekindle.repository.backup import BackupStats, BackupStopped
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):  # one file per directory: the walk hands each to the readers
+        (src / f"d{i:02}").mkdir()
+        (src / f"d{i:02}" / "f").write_bytes(os.urandom(100_000))
+    repo = make_repo(MemoryBackend(), tmp_path / "cache")
+    stats = BackupStats()
+
+    def stop_after_a_third() -> bool:
+        return stats.bytes_read >= 40 * 100_000 // 3
+
+    with repo:
+        with pytest.raises(BackupStopped, match="next backup continues") as stopped:
+            opts = BackupOptions(paths=["."], cwd=str(src), should_stop=stop_after_a_third)
+            backup(repo, opts, stats)
+        assert repo.snapshot_ids() == []  # no restore point for a stopped backup
+        stored = stopped.value.stats.bytes_added
+        assert 10 * 100_000 <= stored < 30 * 100_000
+        full = backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+        # the files stored before the stop are deduplicated, not sent again
+        assert full.stats.bytes_added <= 40 * 100_000 - stored + 64 * 1024
+        restore(repo, full.snapshot, tmp_path / "out")
+    assert tree_differences(src, tmp_path / "out") == []
