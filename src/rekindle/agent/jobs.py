@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rekindle.agent.snapshots import freeze
 from rekindle.agent.state import AgentState
 from rekindle.core.errors import NotARepositoryError, RekindleError, UsageError
 from rekindle.format.registry import NodeType
@@ -134,7 +135,9 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
             estimate=True,
             should_stop=should_stop,
         )
-        with reporter:
+        with reporter, freeze(list(spec.include)) as frozen:
+            opts.read_from = frozen.read_from
+            notes = frozen.notes
             result = backup(repo, opts, stats)
     except BackupStopped as e:
         why = "cancelled by an admin" if reporter.cancel.is_set() else "the backup window closed"
@@ -150,7 +153,7 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
     snap = result.snapshot
     missed = [p.MissedFile(path=path, reason=reason) for path, reason in stats.missed]
     changed = stats.changed_while_read
-    log_lines = [f"files changed while read: {c}" for c in changed[:100]]
+    log_lines = [*notes, *(f"file changed while read: {c}" for c in changed[:100])]
     return p.JobResult(
         state="partial" if missed else "succeeded",
         snapshot_id=snap.id,

@@ -67,6 +67,9 @@ class BackupOptions:
     #: Asked before each file: True stops the backup cleanly (a backup window closed, an
     #: admin cancelled). What was stored so far is indexed, so the next run skips it.
     should_stop: Callable[[], bool] | None = None
+    #: Read a backup path's content from another directory (a filesystem snapshot of it),
+    #: while the restore point records the path as given: {path as given: where to read}.
+    read_from: dict[str, str] = field(default_factory=dict)
 
 
 class BackupStopped(RekindleError):  # noqa: N818 - a stop on request, not a failure
@@ -525,6 +528,9 @@ class Archiver:
 
         cwd = self.opts.cwd or os.getcwd()
         layout = plan_paths(self.opts.paths, cwd)
+        recorded = [p for _, p in layout.leaves]
+        if self.opts.read_from:
+            layout = _read_elsewhere(layout, self.opts.read_from, cwd)
         with (
             Lock(self.repo, "backup"),
             ThreadPoolExecutor(self.opts.workers, thread_name_prefix="read") as pool,
@@ -542,7 +548,7 @@ class Archiver:
             )
             try:
                 try:
-                    root_ids = self._backup_layout(layout)
+                    root_ids = self._backup_layout(layout, recorded)
                 except _StopRequested:
                     # Let the files being read finish, then index everything stored.
                     pool.shutdown(wait=True, cancel_futures=True)
@@ -564,7 +570,7 @@ class Archiver:
                 time=self._started_at,
                 host=self.opts.host or os.uname().nodename,
                 server=self.opts.server,
-                paths=[p.decode("utf-8", "surrogateescape") for _, p in layout.leaves],
+                paths=[p.decode("utf-8", "surrogateescape") for p in recorded],
                 tree=root_ids,
                 program=f"rekindle {__version__}",
                 parent=self._parent,
@@ -580,9 +586,9 @@ class Archiver:
         self.files_cache.close()
         return BackupResult(snap, self.stats)
 
-    def _backup_layout(self, layout: PathLayout) -> list[bytes]:
+    def _backup_layout(self, layout: PathLayout, recorded: list[bytes]) -> list[bytes]:
         self._started_at = self.repo.clock.now()
-        self._parent = self._find_parent([p for _, p in layout.leaves])
+        self._parent = self._find_parent(recorded)
         if layout.root_dir is not None:
             self._root_dev = os.lstat(layout.root_dir).st_dev
             self._walk_dir(layout.root_dir, "", None)
@@ -597,7 +603,9 @@ class Archiver:
         nodes: list[Node] = []
         holder = _Frame(base, None, nodes, [], {})
         for name, sub in sorted(tree.items()):
-            real = os.path.join(base, name)
+            # A leaf holds where to read it (normally base/name; a snapshot's copy with
+            # `read_from`); intermediate directories are read where they are.
+            real = sub if isinstance(sub, bytes) else os.path.join(base, name)
             child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
             try:
                 st = os.lstat(real)
@@ -641,6 +649,27 @@ class Archiver:
             if s.host == host and sorted(s.paths) == want and (best is None or s.time > best.time):
                 best = s
         return best.id if best else None
+
+
+def _read_elsewhere(layout: PathLayout, read_from: dict[str, str], cwd: str) -> PathLayout:
+    """The same layout (names in the tree), reading each mapped path from its substitute."""
+    subst = {
+        os.fsencode(os.path.normpath(os.path.join(cwd, k))): os.fsencode(v)
+        for k, v in read_from.items()
+    }
+
+    def one(sub: object) -> object:
+        if isinstance(sub, dict):
+            return remap(sub)
+        return subst.get(sub, sub) if isinstance(sub, bytes) else sub
+
+    def remap(tree: dict[bytes, object]) -> dict[bytes, object]:
+        return {name: one(sub) for name, sub in tree.items()}
+
+    root = subst.get(layout.root_dir, layout.root_dir) if layout.root_dir else None
+    return PathLayout(
+        root, remap(layout.tree), [(r, subst.get(p, p)) for r, p in layout.leaves], layout.origin
+    )
 
 
 class _StopRequested(Exception):  # noqa: N818 - a signal inside the walk, never escapes
