@@ -199,3 +199,27 @@ def test_two_cloud_processes_fire_a_schedule_exactly_once(
     assert sorted(counts) in ([0, 1], [1, 0])
     jobs = cloud.svc.list_jobs(cloud.admin)
     assert len(jobs) == len(servers)  # one backup job per server, not two
+
+
+def test_the_queue_watcher_sees_jobs_of_other_processes_and_ended_retry_delays(
+    cloud: Cloud,
+) -> None:
+    a, b = cloud.enroll("a"), cloud.enroll("b")
+    _backup_set(cloud, a)
+    _backup_set(cloud, b)
+    newest, servers = cloud.svc.runnable_since(0, cloud.clock.now())
+    assert servers == set()
+    job = cloud.svc.backup_now(cloud.admin, a, None)  # as if by another cloud process
+    newest2, servers = cloud.svc.runnable_since(newest, cloud.clock.now())
+    assert servers == {a} and newest2 == job.id
+    # a retry whose delay ends later is announced when it ends, not before
+    cloud.connect(a)
+    claimed = cloud.svc.claim_job(a)
+    assert claimed is not None
+    cloud.svc.finish_job(a, claimed.job_id, p.JobResult(state="failed", error="x"))
+    since = cloud.clock.now()
+    last, servers = cloud.svc.runnable_since(2**31 - 1, since)
+    assert servers == set()
+    cloud.clock.advance(31 * 60)
+    _, servers = cloud.svc.runnable_since(last, since)
+    assert servers == {a}

@@ -244,7 +244,7 @@ async def current_agent(request: Request, svc: Svc) -> int:
 AgentId = Annotated[int, Depends(current_agent)]
 
 
-def agent_router(recheck_s: float = 2.0) -> APIRouter:
+def agent_router(disconnect_check_s: float = 2.0) -> APIRouter:
     r = APIRouter(prefix="/agent/v1", tags=["agent"])
 
     @r.get("/ca", response_class=PlainTextResponse)
@@ -269,18 +269,22 @@ def agent_router(recheck_s: float = 2.0) -> APIRouter:
         while True:
             ev = waker.event(server_id)
             ev.clear()
-            if await request.is_disconnected():
-                await run_in_threadpool(lambda: svc.poll_ended(server_id, dropped=True))
-                return p.PollResponse(job=None)
             job = await run_in_threadpool(svc.claim_job, server_id)
             if job is not None:
                 return p.PollResponse(job=job)
-            if deadline - loop.time() <= 0:
-                await run_in_threadpool(lambda: svc.poll_ended(server_id, dropped=False))
-                return p.PollResponse(job=None)
-            left = deadline - loop.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), timeout=min(left, recheck_s))
+            # Sleep until a job for this server shows up (queued here, or seen by the queue
+            # watcher), the wait ends, or the agent goes away: no per-poll database polling.
+            while not ev.is_set():
+                left = deadline - loop.time()
+                if await request.is_disconnected():
+                    await run_in_threadpool(lambda: svc.poll_ended(server_id, dropped=True))
+                    return p.PollResponse(job=None)
+                if left <= 0:
+                    # No write here: the heartbeat already counted the agent connected until
+                    # the end of this wait plus the grace, and it polls again at once.
+                    return p.PollResponse(job=None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), timeout=min(left, disconnect_check_s))
 
     @r.post("/jobs/{job_id}/progress", response_model=p.ProgressAck)
     async def progress(

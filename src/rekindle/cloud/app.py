@@ -74,11 +74,13 @@ def create_app(state: CloudState, *, run_scheduler: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         waker.loop = asyncio.get_running_loop()
-        task = asyncio.create_task(_scheduler(state)) if run_scheduler else None
+        tasks = [asyncio.create_task(_watch_queue(state, waker))]
+        if run_scheduler:
+            tasks.append(asyncio.create_task(_scheduler(state)))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -102,6 +104,25 @@ def create_app(state: CloudState, *, run_scheduler: bool = True) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     return app
+
+
+async def _watch_queue(state: CloudState, waker: Waker) -> None:
+    """Wake the long-polls of servers that got a job from another cloud process (or whose
+    retry delay ended): one query a second for the whole process, however many agents."""
+    svc = state.services
+    interval = state.settings.queue_watch_s
+    last_id, _ = await run_in_threadpool(svc.runnable_since, 2**31 - 1, svc.now())
+    since = svc.now()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            now = svc.now()
+            last_id, servers = await run_in_threadpool(svc.runnable_since, last_id, since)
+            since = now
+            for server_id in servers:
+                waker.wake(server_id)
+        except Exception:
+            log.exception("queue watcher pass failed")
 
 
 async def _scheduler(state: CloudState) -> None:

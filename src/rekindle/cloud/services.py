@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from rekindle.cloud import schedule
@@ -853,6 +853,23 @@ class CloudServices:
                     server_id=server_id,
                     job_id=job.id,
                 )
+
+    def runnable_since(self, last_id: int, since: datetime) -> tuple[int, set[int]]:
+        """Servers with a job to hand out that appeared after job `last_id` (created by any
+        cloud process) or whose retry delay ended after `since`; and the newest job id."""
+        now = self.now()
+        with self.db.session() as s:
+            newest = s.scalar(select(func.max(Job.id))) or 0
+            rows = s.execute(
+                select(Job.server_id).where(
+                    Job.state == "queued",
+                    or_(
+                        Job.id > last_id,
+                        and_(Job.not_before > since, Job.not_before <= now),
+                    ),
+                )
+            ).all()
+            return newest, {r[0] for r in rows}
 
     def claim_job(self, server_id: int) -> p.JobAssignment | None:
         """Hand the oldest runnable queued job of this server to its agent."""

@@ -24,6 +24,8 @@ class CloudSettings(BaseSettings):
     token_ttl_s: int = 6 * 3600
     #: How often the scheduler looks for schedules due (seconds).
     scheduler_interval_s: float = 15.0
+    #: How often the cloud looks for jobs queued by other cloud processes (seconds).
+    queue_watch_s: float = 1.0
     #: An agent counts as connected this long after its last poll ended or its last report
     #: (seconds); a poll connection that drops disconnects it at once.
     connected_grace_s: float = 15.0
