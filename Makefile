@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC ?=
 
-.PHONY: run demo test lint typecheck contracts unit soak bench clean
+.PHONY: run demo bench-services test lint typecheck contracts unit soak bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,13 @@ soak: $(STAMP)
 ## bench: Rekindle vs restic vs Borg on the shared dataset (installs restic and Borg)
 bench: $(STAMP)
 	bash bench/run.sh
+
+## bench-services: only the service benchmarks (agent via storage node; 1,000 polling agents)
+bench-services: $(STAMP)
+	$(BIN)/python bench/load.py --agents 1000
+	test -d "$(or $(BENCH_DATA),/tmp/rekindle-bench/work/data/pristine)" || \
+	  (echo "no dataset: run 'make bench' once, or set BENCH_DATA=DIR"; exit 1)
+	$(BIN)/python bench/agent_vs_local.py "$(or $(BENCH_DATA),/tmp/rekindle-bench/work/data/pristine)"
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

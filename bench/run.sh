@@ -144,3 +144,15 @@ sed -n '/^Dataset: /,$p' "$RUNLOG" >"$TABLE"
 "$PY" "$REPO_ROOT/bench/report.py" "$JSONL" --markdown "$RATIOS" --json "${RATIOS%.md}.json"
 log "results: $JSONL"
 log "         $TABLE (harness table), $RATIOS (ratios), $RUNLOG (full log), run-$STAMP.meta"
+
+# --------------------------------------------------------------------------- services
+# Issue 3's targets: an agent through the storage node against the local engine, and 1,000
+# simulated agents long-polling one cloud (bench/agent_vs_local.py, bench/load.py).
+SERVICES="$RESULTS/services-$STAMP.jsonl"
+REKINDLE_PY="$(dirname "$BENCH_REKINDLE")/python"
+log "agent through the storage node vs local engine ($BENCH_REPS reps)"
+"$REKINDLE_PY" "$REPO_ROOT/bench/agent_vs_local.py" "$BENCH_WORK/data/pristine" \
+    --reps "$BENCH_REPS" --out "$SERVICES" 2>&1 | tee -a "$RUNLOG"
+log "1,000 simulated agents long-polling one cloud"
+"$REKINDLE_PY" "$REPO_ROOT/bench/load.py" --agents 1000 --out "$SERVICES" 2>&1 | tee -a "$RUNLOG"
+log "services results: $SERVICES"
