@@ -223,3 +223,31 @@ def test_the_queue_watcher_sees_jobs_of_other_processes_and_ended_retry_delays(
     cloud.clock.advance(31 * 60)
     _, servers = cloud.svc.runnable_since(last, since)
     assert servers == {a}
+
+
+def test_an_activation_token_enrolls_only_as_many_servers_as_it_allows(cloud: Cloud) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rekindle.cloud.security import AuthError
+    from rekindle.net import pki
+
+    group = cloud.svc.list_groups(cloud.admin)[0].id
+    token = cloud.svc.create_activation_token(cloud.admin, group, uses=3)
+
+    def attempt(i: int) -> bool:
+        req = p.EnrollRequest(
+            token=token,
+            hostname=f"h{i}",
+            os="Linux",
+            csr_pem=pki.make_csr(pki.new_key(), f"h{i}").decode(),
+        )
+        try:
+            cloud.svc.enroll(req)
+        except AuthError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, range(12)))
+    assert sum(results) == 3
+    assert len(cloud.svc.list_servers(cloud.admin)) == 3

@@ -786,7 +786,15 @@ class CloudServices:
             )
             if row is None or row.uses_left <= 0 or self.now() > row.expires:
                 raise AuthError("the activation token is unknown, used up or expired")
-            row.uses_left -= 1
+            # Compare-and-set: two enrollments racing on the last use cannot both win.
+            used = s.execute(
+                update(ActivationToken)
+                .where(ActivationToken.id == row.id, ActivationToken.uses_left > 0)
+                .values(uses_left=ActivationToken.uses_left - 1)
+                .execution_options(synchronize_session=False)
+            )
+            if used.rowcount != 1:  # type: ignore[attr-defined]
+                raise AuthError("the activation token is unknown, used up or expired")
             server = Server(
                 org_id=row.org_id,
                 group_id=row.group_id,
