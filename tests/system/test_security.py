@@ -188,3 +188,32 @@ def test_hostile_object_names_are_refused(product: Product) -> None:
             assert b"PRIVATE KEY" not in r.content
         r = c.get("/1/objects/data/%2e%2e/config")
         assert r.status_code == 400 and "invalid object name" in r.json()["detail"]
+
+
+def test_out_of_range_numbers_and_limits_get_a_4xx(product: Product) -> None:
+    cfg = json.loads((product.root / "admin.json").read_text())
+    ctx = ssl.create_default_context(cafile=str(product.ca))
+    with httpx.Client(
+        base_url=product.cloud_url,
+        verify=ctx,
+        timeout=10,
+        headers={"Authorization": f"Bearer {cfg['token']}"},
+    ) as c:
+        assert c.get("/api/v1/jobs/99999999999999999999").status_code == 422
+        assert c.get("/api/v1/jobs", params={"limit": -1}).status_code == 422
+        assert c.get("/api/v1/events", params={"limit": 10**9}).status_code == 422
+    with _storage(product, _token(product, access="restore")) as c:
+        r = c.get("/1/objects/config", headers={"Range": "bytes=0-99999999999999999999"})
+        assert r.status_code == 400
+
+
+def test_a_lock_written_by_another_job_cannot_be_taken_over(product: Product) -> None:
+    name = "locks/" + "ab" * 32
+    with _storage(product, _token(product, job=101)) as owner:
+        assert owner.put(f"/1/objects/{name}", content=b"lock").status_code == 201
+    with _storage(product, _token(product, job=102)) as other:
+        assert other.put(f"/1/objects/{name}", content=b"x").status_code == 409
+        assert other.put(f"/1/objects/{name}?replace=1", content=b"x").status_code == 403
+        assert other.delete(f"/1/objects/{name}").status_code == 403
+    with _storage(product, _token(product, job=101)) as owner:
+        assert owner.delete(f"/1/objects/{name}").status_code == 204

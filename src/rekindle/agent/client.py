@@ -47,10 +47,18 @@ def fetch_ca(cloud_url: str, expected_fingerprint: str) -> bytes:
         except httpx.TransportError as e:
             raise CloudError(f"cannot reach the cloud at {cloud_url}: {e}") from e
         _raise_for(resp)
-    pem = resp.content
     from cryptography import x509
 
-    got = pki.fingerprint(x509.load_pem_x509_certificate(pem))
+    try:
+        certs = x509.load_pem_x509_certificates(resp.content)
+    except ValueError as e:
+        raise UsageError(f"the cloud sent no valid CA certificate: {e}") from e
+    if len(certs) != 1:
+        # One certificate exactly: a second one appended by someone in between would
+        # otherwise be trusted too, since only the first is checked against the fingerprint.
+        raise UsageError(f"the cloud sent {len(certs)} CA certificates, expected one")
+    pem = pki.cert_pem(certs[0])
+    got = pki.fingerprint(certs[0])
     want = expected_fingerprint.lower().replace(":", "")
     if got != want:
         raise UsageError(

@@ -272,6 +272,9 @@ def run_job(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.JobR
     except OSError as e:
         log.error("job %d failed: %s", job.job_id, e)  # noqa: TRY400 - the reason is enough
         return p.JobResult(state="failed", error=f"{e.strerror or e}: {e.filename or ''}")
+    except Exception as e:
+        log.exception("job %d failed unexpectedly", job.job_id)
+        return p.JobResult(state="failed", error=f"internal error: {type(e).__name__}: {e}"[:4000])
 
 
 def default_hostname() -> str:

@@ -97,6 +97,21 @@ class BtrfsProvider:
         if p.returncode != 0:
             raise SnapshotError(f"btrfs {' '.join(args)}: {p.stderr.strip() or p.returncode}")
 
+    def _remove_stale(self, snap: str) -> None:
+        """Delete what a killed backup left, but only if it is what we make: a read-only
+        subvolume. Anything else of that name is the user's, and is left alone."""
+        p = subprocess.run(
+            [self.btrfs, "property", "get", "-ts", snap, "ro"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if p.returncode != 0 or p.stdout.strip() != "ro=true":
+            raise SnapshotError(
+                f"{snap} exists and is not a snapshot Rekindle left; not touching it"
+            )
+        self._run("subvolume", "delete", snap)
+
     @contextmanager
     def frozen(self, paths: list[str]) -> Iterator[Frozen]:
         roots: dict[str, list[str]] = {}
@@ -108,7 +123,7 @@ class BtrfsProvider:
             for root, members in roots.items():
                 snap = os.path.join(root, SNAPSHOT_NAME)
                 if os.path.lexists(snap):  # left by a backup that was killed
-                    self._run("subvolume", "delete", snap)
+                    self._remove_stale(snap)
                 self._run("subvolume", "snapshot", "-r", root, snap)
                 taken.append(snap)
                 for p in members:

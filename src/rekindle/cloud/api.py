@@ -8,9 +8,10 @@ import asyncio
 import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from rekindle.cloud import schemas as sc
@@ -44,7 +45,17 @@ def install_error_handlers(app: FastAPI) -> None:
     def other(_req: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    def out_of_range(_req: Request, _exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "a number in the request is out of range"}, 422)
+
+    def duplicate(_req: Request, _exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "this conflicts with an existing object"}, 409)
+
     app.add_exception_handler(RekindleError, other)
+    # Ids beyond what the database stores, and unique names created twice at the same time.
+    app.add_exception_handler(OverflowError, out_of_range)
+    app.add_exception_handler(DataError, out_of_range)
+    app.add_exception_handler(IntegrityError, duplicate)
 
 
 def services(request: Request) -> CloudServices:
@@ -64,6 +75,7 @@ async def current_admin(
 
 
 Me = Annotated[Actor, Depends(current_admin)]
+Limit = Annotated[int, Query(ge=1, le=1000, description="How many rows, newest first.")]
 
 
 def admin_router() -> APIRouter:
@@ -185,9 +197,13 @@ def admin_router() -> APIRouter:
 
     @r.get("/jobs", response_model=list[sc.JobOut])
     async def jobs(
-        svc: Svc, me: Me, server_id: int | None = None, state: str | None = None, limit: int = 100
+        svc: Svc,
+        me: Me,
+        server_id: int | None = None,
+        state: str | None = None,
+        limit: Limit = 100,
     ) -> Any:
-        return await run_in_threadpool(svc.list_jobs, me, server_id, state, min(limit, 1000))
+        return await run_in_threadpool(svc.list_jobs, me, server_id, state, limit)
 
     @r.get("/jobs/{job_id}", response_model=sc.JobDetail)
     async def job(job_id: int, svc: Svc, me: Me) -> Any:
@@ -205,12 +221,12 @@ def admin_router() -> APIRouter:
         return await run_in_threadpool(svc.list_restore_points, me, server_id)
 
     @r.get("/events", response_model=list[sc.EventOut])
-    async def events(svc: Svc, me: Me, limit: int = 100) -> Any:
-        return await run_in_threadpool(svc.list_events, me, min(limit, 1000))
+    async def events(svc: Svc, me: Me, limit: Limit = 100) -> Any:
+        return await run_in_threadpool(svc.list_events, me, limit)
 
     @r.get("/audit", response_model=list[sc.AuditOut])
-    async def audit(svc: Svc, me: Me, limit: int = 100) -> Any:
-        return await run_in_threadpool(svc.list_audit, me, min(limit, 1000))
+    async def audit(svc: Svc, me: Me, limit: Limit = 100) -> Any:
+        return await run_in_threadpool(svc.list_audit, me, limit)
 
     return r
 
@@ -262,7 +278,7 @@ def agent_router(disconnect_check_s: float = 2.0) -> APIRouter:
         body: p.Heartbeat, svc: Svc, server_id: AgentId, request: Request, wait: float = 20.0
     ) -> p.PollResponse:
         wait = max(0.0, min(wait, p.POLL_WAIT_S))
-        await run_in_threadpool(svc.heartbeat, server_id, body, wait)
+        until = await run_in_threadpool(svc.heartbeat, server_id, body, wait)
         waker: Waker = request.app.state.waker
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -277,7 +293,7 @@ def agent_router(disconnect_check_s: float = 2.0) -> APIRouter:
             while not ev.is_set():
                 left = deadline - loop.time()
                 if await request.is_disconnected():
-                    await run_in_threadpool(lambda: svc.poll_ended(server_id, dropped=True))
+                    await run_in_threadpool(svc.poll_dropped, server_id, until)
                     return p.PollResponse(job=None)
                 if left <= 0:
                     # No write here: the heartbeat already counted the agent connected until

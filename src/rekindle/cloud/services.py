@@ -185,16 +185,16 @@ class CloudServices:
         server.connected_until = self.now() + timedelta(seconds=for_s)
         return server
 
-    def poll_ended(self, server_id: int, *, dropped: bool) -> None:
-        """A long-poll returned (the agent polls again at once) or its connection dropped
-        (the agent is gone: a Backup Now from now on waits in the queue)."""
+    def poll_dropped(self, server_id: int, connected_until: datetime) -> None:
+        """A long-poll's connection dropped: the agent is gone, and a Backup Now from now on
+        waits in the queue. Only if nothing newer (the agent's next poll) came since."""
         with self.db.session() as s:
-            server = _must(s.get(Server, server_id))
-            if dropped:
-                server.connected_until = self.now()
-            else:
-                server.last_seen = self.now()
-                server.connected_until = self.now() + timedelta(seconds=self.connected_grace_s)
+            s.execute(
+                update(Server)
+                .where(Server.id == server_id, Server.connected_until == connected_until)
+                .values(connected_until=self.now())
+                .execution_options(synchronize_session=False)
+            )
 
     # -- organizations and admins -----------------------------------------------------------
     def create_organization(
@@ -379,7 +379,7 @@ class CloudServices:
             return list(s.scalars(select(Storage).order_by(Storage.id)).all())
 
     def create_policy(self, actor: Actor, name: str, **fields: Any) -> BackupPolicy:
-        actor.require_write()
+        actor.require_org_admin()  # a policy may serve groups a group admin cannot see
         with self.db.session() as s:
             if s.scalar(
                 select(BackupPolicy).where(
@@ -395,7 +395,7 @@ class CloudServices:
             return policy
 
     def update_policy(self, actor: Actor, policy_id: int, **fields: Any) -> BackupPolicy:
-        actor.require_write()
+        actor.require_org_admin()
         with self.db.session() as s:
             policy: BackupPolicy = self._get(s, BackupPolicy, policy_id, actor)
             for k, v in _policy_fields(fields, partial=True).items():
@@ -697,18 +697,28 @@ class CloudServices:
             self._audit(s, actor, actor.org_id, "job.cancel", str(job.id))
             return job
 
+    def _visible_servers(self, s: Session, actor: Actor) -> set[int]:
+        rows = s.scalars(select(Server).where(Server.org_id == actor.org_id))
+        return {x.id for x in rows if actor.may_see_group(x.group_id)}
+
     def list_restore_points(self, actor: Actor, server_id: int | None = None) -> list[RestorePoint]:
         with self.db.session() as s:
             q = select(RestorePoint).where(RestorePoint.org_id == actor.org_id)
             if server_id is not None:
                 self._server(s, server_id, actor)
                 q = q.where(RestorePoint.server_id == server_id)
-            return list(s.scalars(q.order_by(RestorePoint.time.desc())).all())
+            visible = self._visible_servers(s, actor)
+            rows = s.scalars(q.order_by(RestorePoint.time.desc())).all()
+            return [r for r in rows if r.server_id in visible]
 
     def list_events(self, actor: Actor, limit: int = 100) -> list[Event]:
         with self.db.session() as s:
             q = select(Event).where(Event.org_id == actor.org_id).order_by(Event.id.desc())
-            return list(s.scalars(q.limit(limit)).all())
+            rows = s.scalars(q.limit(limit)).all()
+            if actor.role != "group_admin":
+                return list(rows)
+            visible = self._visible_servers(s, actor)
+            return [e for e in rows if e.server_id in visible]
 
     def list_audit(self, actor: Actor, limit: int = 100) -> list[AuditEntry]:
         actor.require_org_admin()
@@ -837,9 +847,11 @@ class CloudServices:
                 raise ForbiddenError("this server is disabled in the cloud")
             return server
 
-    def heartbeat(self, server_id: int, hb: p.Heartbeat, poll_s: float = p.POLL_WAIT_S) -> None:
+    def heartbeat(self, server_id: int, hb: p.Heartbeat, poll_s: float = p.POLL_WAIT_S) -> datetime:
+        """Record a poll; returns until when the agent counts as connected."""
         with self.db.session() as s:
             server = self._seen(s, server_id, poll_s + self.connected_grace_s)
+            until = _must(server.connected_until)
             server.agent_version = hb.version
             server.os = hb.os
             server.hostname = hb.hostname
@@ -861,6 +873,7 @@ class CloudServices:
                     server_id=server_id,
                     job_id=job.id,
                 )
+        return until
 
     def runnable_since(self, last_id: int, since: datetime) -> tuple[int, set[int]]:
         """Servers with a job to hand out that appeared after job `last_id` (created by any

@@ -41,7 +41,7 @@ class Heartbeat(BaseModel):
     free_bytes: int | None = Field(default=None, ge=0)
     #: The job this agent is working on, if any: any other job the cloud thinks is running
     #: on this server was cut short (reboot, kill) and is marked aborted.
-    running_job: int | None = None
+    running_job: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 class BackupSpec(BaseModel):

@@ -40,6 +40,8 @@ Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 #: Largest object accepted in one PUT (packs are 16 MiB by default; their maximum is 128).
 MAX_OBJECT = 256 * 1024 * 1024
+#: Offsets beyond any object (and beyond what the OS accepts) are refused up front.
+MAX_RANGE = 2**53
 
 
 class ScopeError(RekindleError):
@@ -53,8 +55,10 @@ class OrgBackends:
         self._factory = factory
         self._open: dict[int, Backend] = {}
         self._lock = threading.Lock()
-        #: Lock objects created per job: a backup token may delete only its own.
-        self.locks_by_job: dict[tuple[int, int], set[str]] = {}
+        #: Which job wrote each lock object: a token may refresh or delete only its own job's
+        #: locks. Kept in memory only: a backup running while the node restarts cannot refresh
+        #: or remove its lock afterwards (the lock then expires by age).
+        self.lock_owner: dict[tuple[int, str], int] = {}
 
     def get(self, org: int) -> Backend:
         with self._lock:
@@ -162,6 +166,8 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
             if not m:
                 raise UsageError(f"unsupported Range {range_!r}")
             offset = int(m.group(1))
+            if offset > MAX_RANGE or (m.group(2) and int(m.group(2)) > MAX_RANGE):
+                raise UsageError(f"Range {range_!r} is out of bounds")
             if m.group(2):
                 length = int(m.group(2)) - offset + 1
                 if length < 0:
@@ -179,19 +185,22 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
     ) -> Response:
         claims = claims_for(org, creds)
         check(claims, "replace" if replace else "write", check_name(name))
-        size = int(request.headers.get("content-length") or 0)
-        if size > MAX_OBJECT:
+        if int(request.headers.get("content-length") or 0) > MAX_OBJECT:
             return fail(413, f"object larger than {MAX_OBJECT} bytes")
-        body = await request.body()
-        if len(body) > MAX_OBJECT:
-            return fail(413, f"object larger than {MAX_OBJECT} bytes")
+        parts: list[bytes] = []
+        got = 0
+        async for piece in request.stream():  # bounded even without a Content-Length
+            got += len(piece)
+            if got > MAX_OBJECT:
+                return fail(413, f"object larger than {MAX_OBJECT} bytes")
+            parts.append(piece)
+        body = b"".join(parts)
+        del parts
         backend = backends.get(org)
-        key = (claims.org, claims.job)
         if name.startswith("locks/"):
-            owned = backends.locks_by_job.setdefault(key, set())
-            if replace and name not in owned and await run_in_threadpool(backend.exists, name):
+            owner = backends.lock_owner.get((org, name))
+            if replace and owner != claims.job and await run_in_threadpool(backend.exists, name):
                 raise ScopeError("a token may refresh only the locks its own job took")
-            owned.add(name)
         # Initialization only: a repository's config and keys are never replaced, and new
         # keys cannot be slipped into an existing repository by an agent.
         if (name == "config" or name.startswith("keys/")) and await run_in_threadpool(
@@ -199,17 +208,18 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
         ):
             raise ScopeError("the repository is initialized; its keys cannot be changed")
         await run_in_threadpool(lambda: backend.write(name, body, exclusive=not replace))
+        if name.startswith("locks/"):
+            backends.lock_owner[(org, name)] = claims.job  # only once the write succeeded
         return Response(status_code=201)
 
     @app.delete("/storage/v1/orgs/{org}/objects/{name:path}", status_code=204)
     async def delete_object(org: int, name: str, creds: Creds) -> Response:
         claims = claims_for(org, creds)
         check(claims, "delete", check_name(name))
-        owned = backends.locks_by_job.get((claims.org, claims.job), set())
-        if name not in owned:
+        if backends.lock_owner.get((org, name)) != claims.job:
             raise ScopeError("a token may delete only the locks its own job took")
         await run_in_threadpool(backends.get(org).delete, name)
-        owned.discard(name)
+        backends.lock_owner.pop((org, name), None)
         return Response(status_code=204)
 
     return app

@@ -92,3 +92,16 @@ def test_a_stale_snapshot_left_by_a_killed_backup_is_replaced(btrfs: Path) -> No
     with freeze([str(btrfs / "vol")]) as frozen:
         assert Path(frozen.read_from[str(btrfs / "vol")], "f").read_text() == "newer\n"
     assert not stale.exists()
+
+
+def test_a_users_subvolume_named_like_the_snapshot_is_left_alone(btrfs: Path) -> None:
+    subprocess.run(
+        ["btrfs", "subvolume", "create", str(btrfs / "vol")], check=True, capture_output=True
+    )
+    mine = btrfs / "vol" / SNAPSHOT_NAME
+    subprocess.run(["btrfs", "subvolume", "create", str(mine)], check=True, capture_output=True)
+    (mine / "precious").write_text("keep me\n")
+    with freeze([str(btrfs / "vol")]) as frozen:
+        assert frozen.read_from == {}  # no snapshot: read live, and say why
+        assert any("not touching it" in n for n in frozen.notes)
+    assert (mine / "precious").read_text() == "keep me\n"
