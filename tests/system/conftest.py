@@ -50,11 +50,13 @@ class Product:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     servers: dict[str, int] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, prefix: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.root / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                [REKINDLE, *args],
+                [*(prefix or []), REKINDLE, *args],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

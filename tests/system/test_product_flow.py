@@ -6,15 +6,18 @@ one-minute schedule fire. Real processes on loopback, every connection over TLS.
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.system.conftest import REKINDLE as REKINDLE_BIN
 from tests.system.conftest import Product, next_minute
 
 STATE: dict[str, Any] = {}
@@ -190,6 +193,89 @@ def test_restore_that_does_not_fit_fails_before_writing(product: Product) -> Non
         assert list(small.iterdir()) == []  # nothing written
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_missed_files_are_reported_and_tried_again(product: Product) -> None:
+    """Root reads every file, so this agent runs as 'nobody' (like an agent confined by its
+    service manager), and a file it may not read is missed, shown on the job, and backed up
+    by the next run once readable."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run an agent as 'nobody'")
+    as_nobody = [shutil.which("setpriv") or "", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    base = Path(tempfile.mkdtemp(prefix="rekindle-nobody-"))
+    try:
+        os.chmod(base, 0o755)  # noqa: S103 - the agent runs as nobody and must get in
+        data, state = base / "data", base / "agent"
+        data.mkdir()
+        state.mkdir()
+        os.chown(state, 65534, 65534)
+        (data / "open.txt").write_text("readable\n")
+        (data / "locked.db").write_text("secret ledger\n")
+        os.chmod(data / "locked.db", 0o600)  # root's: 'nobody' cannot read it
+        group = product.admin_json("groups")[0]["id"]
+        token = product.admin_json("activation-token", str(group))["token"]
+        shutil.copy(product.ca, base / "ca.pem")
+        os.chmod(base / "ca.pem", 0o644)
+        subprocess.run(
+            [
+                *as_nobody,
+                REKINDLE_BIN,
+                "agent",
+                "enroll",
+                "--cloud",
+                product.cloud_url,
+                "--ca-file",
+                str(base / "ca.pem"),
+                "--token",
+                token,
+                "--data-dir",
+                str(state),
+                "--hostname",
+                "gamma",
+            ],
+            env=product.env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+            cwd=base,
+        )
+        sid = int(json.loads((state / "agent.json").read_text())["server_id"])
+        product.servers["gamma"] = sid
+        product.admin("backup-set-add", str(sid), "files", "--include", str(data))
+        product.start(
+            "agent-gamma",
+            "agent",
+            "run",
+            "--data-dir",
+            str(state),
+            "--hostname",
+            "gamma",
+            prefix=as_nobody,
+        )
+        product.wait_connected("gamma")
+        first = product.backup_now("gamma")
+        assert first["state"] == "partial", first
+        assert [m["path"] for m in first["missed"]] == [str(data / "locked.db")]
+        assert "Permission denied" in first["missed"][0]["reason"]
+        os.chmod(data / "locked.db", 0o644)
+        second = product.backup_now("gamma")
+        assert second["state"] == "succeeded", second
+        assert second["missed"] == []
+        dest = base / "restored"
+        dest.mkdir()
+        os.chown(dest, 65534, 65534)  # the agent runs as 'nobody'
+        job = product.admin_json(
+            "restore",
+            str(product.admin_json("restore-points", "--server", str(sid))[0]["id"]),
+            "--to-path",
+            str(dest),
+        )
+        assert product.wait_job(job["id"])["state"] == "succeeded"
+        assert (dest / str(data).lstrip("/") / "locked.db").read_text() == "secret ledger\n"
+    finally:
+        if "agent-gamma" in product.procs:
+            product.stop("agent-gamma")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_one_minute_schedule_fires(product: Product) -> None:
