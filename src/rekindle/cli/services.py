@@ -6,7 +6,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -36,41 +36,61 @@ def _logging(verbose: bool) -> None:
 
 @cloud_app.command("serve")
 def cloud_serve(
-    data_dir: DataDir = Path("var/cloud"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTPS port.")] = 8443,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Settings file (KEY=VALUE lines, keys as the REKINDLE_CLOUD_* variables)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="State directory [var/cloud].")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTPS port [8443].")] = None,
     storage_url: Annotated[
-        str, typer.Option(help="URL of the storage node assigned by default.")
-    ] = "https://127.0.0.1:8444",
+        str | None,
+        typer.Option(help="Storage node assigned by default [https://127.0.0.1:8444]."),
+    ] = None,
     database_url: Annotated[
-        str, typer.Option(help="SQLAlchemy URL; default SQLite in the data dir.")
-    ] = "",
+        str | None, typer.Option(help="SQLAlchemy URL [SQLite in the data dir].")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the cloud over HTTPS (creates its CA, keys and database on first start)."""
+    """Run the cloud over HTTPS (creates its CA, keys and database on first start).
+
+    Settings: defaults, then the --config file, then REKINDLE_CLOUD_* variables, then these
+    options."""
     from rekindle.cloud.app import create_app, prepare
     from rekindle.cloud.settings import CloudSettings
     from rekindle.net.tlsserver import make_server
 
     _logging(verbose)
+    if config is not None and not config.is_file():
+        raise UsageError(f"settings file {config} does not exist")
+    given: dict[str, Any] = {
+        "data_dir": data_dir,
+        "host": host,
+        "port": port,
+        "storage_url": storage_url,
+        "database_url": database_url,
+    }
     settings = CloudSettings(
-        data_dir=data_dir,
-        host=host,
-        port=port,
-        storage_url=storage_url,
-        database_url=database_url,
+        _env_file=config,  # type: ignore[call-arg]
+        **{k: v for k, v in given.items() if v is not None},
     )
     state = prepare(settings)
-    _first_admin(state.services, data_dir)
+    _first_admin(state.services, settings.data_dir)
     server = make_server(
         create_app(state),
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         certfile=state.tls_cert,
         keyfile=state.tls_key,
         client_ca=state.ca_file,
     )
-    logging.getLogger(__name__).info("cloud listening on https://%s:%d", host, port)
+    logging.getLogger(__name__).info(
+        "cloud listening on https://%s:%d", settings.host, settings.port
+    )
     server.run()
 
 
