@@ -45,19 +45,9 @@ class AdminOut(_Out):
     disabled: bool
 
 
-class PolicyIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    days: str | None = Field(default=None, max_length=60)
-    start_time: str | None = Field(default=None, max_length=5)
-    window_hours: int | None = Field(default=None, ge=0, le=168)
-    max_retries: int | None = Field(default=None, ge=0, le=100)
-    retry_interval_min: int | None = Field(default=None, ge=0, le=10080)
-    bandwidth_kib: int | None = Field(default=None, ge=0)
-    retention: dict[str, int] | None = None
-    cold_after_days: int | None = Field(default=None, ge=1, le=36500)
-
-
 class PolicyPatch(BaseModel):
+    """Fields of a backup policy; omitted ones keep their value (or the default)."""
+
     days: str | None = Field(default=None, max_length=60)
     start_time: str | None = Field(default=None, max_length=5)
     window_hours: int | None = Field(default=None, ge=0, le=168)
@@ -66,6 +56,10 @@ class PolicyPatch(BaseModel):
     bandwidth_kib: int | None = Field(default=None, ge=0)
     retention: dict[str, int] | None = None
     cold_after_days: int | None = Field(default=None, ge=1, le=36500)
+
+
+class PolicyIn(PolicyPatch):
+    name: str = Field(min_length=1, max_length=200)
 
 
 class PolicyOut(_Out):

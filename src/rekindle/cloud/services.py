@@ -258,38 +258,32 @@ class CloudServices:
             admin = s.scalar(select(Admin).where(Admin.email == email))
             if admin is None or admin.disabled or not check_password(admin.password_hash, password):
                 raise AuthError("wrong email or password")
-            token = new_token("rks")
-            now = self.now()
-            s.add(
-                ApiToken(
-                    admin_id=admin.id,
-                    token_hash=token_hash(token),
-                    name="login",
-                    kind="session",
-                    created=now,
-                    last_used=now,
-                    expires=None,
-                )
-            )
+            token = self._issue_token(s, admin.id, "login", "session", days=None)
             self._audit(s, Actor(admin.id, admin.org_id, admin.role), admin.org_id, "login", email)
             return token
 
     def login_actor(self, actor: Actor) -> str:
         """A session for an admin the caller already authenticated (the all-in-one start)."""
-        token = new_token("rks")
         with self.db.session() as s:
-            now = self.now()
-            s.add(
-                ApiToken(
-                    admin_id=actor.admin_id,
-                    token_hash=token_hash(token),
-                    name="all-in-one",
-                    kind="personal",
-                    created=now,
-                    last_used=now,
-                    expires=now + timedelta(days=30),
-                )
+            return self._issue_token(s, actor.admin_id, "all-in-one", "personal", days=30)
+
+    def _issue_token(
+        self, s: Session, admin_id: int, name: str, kind: str, *, days: int | None
+    ) -> str:
+        """A new bearer token; only its hash is stored."""
+        token = new_token("rks" if kind == "session" else "rkp")
+        now = self.now()
+        s.add(
+            ApiToken(
+                admin_id=admin_id,
+                token_hash=token_hash(token),
+                name=name,
+                kind=kind,
+                created=now,
+                last_used=now,
+                expires=None if days is None else now + timedelta(days=days),
             )
+        )
         return token
 
     def list_admins_by_email(self, email: str) -> Admin:
@@ -300,20 +294,8 @@ class CloudServices:
             return admin
 
     def create_api_token(self, actor: Actor, name: str, days: int) -> str:
-        token = new_token("rkp")
         with self.db.session() as s:
-            now = self.now()
-            s.add(
-                ApiToken(
-                    admin_id=actor.admin_id,
-                    token_hash=token_hash(token),
-                    name=name,
-                    kind="personal",
-                    created=now,
-                    last_used=now,
-                    expires=now + timedelta(days=days),
-                )
-            )
+            token = self._issue_token(s, actor.admin_id, name, "personal", days=days)
             self._audit(s, actor, actor.org_id, "api_token.create", name, days=days)
         return token
 
