@@ -217,3 +217,27 @@ def test_a_lock_written_by_another_job_cannot_be_taken_over(product: Product) ->
         assert other.delete(f"/1/objects/{name}").status_code == 403
     with _storage(product, _token(product, job=101)) as owner:
         assert owner.delete(f"/1/objects/{name}").status_code == 204
+
+
+def test_lock_ownership_survives_a_storage_node_restart(product: Product) -> None:
+    from tests.system.conftest import _wait_healthy
+
+    name = "locks/" + "cd" * 32
+    with _storage(product, _token(product, job=201)) as owner:
+        assert owner.put(f"/1/objects/{name}", content=b"lock").status_code == 201
+    product.stop("storage")
+    proc = product.start(
+        "storage",
+        "storage",
+        "serve",
+        "--data-dir",
+        str(product.root / "storage"),
+        "--port",
+        product.storage_url.rsplit(":", 1)[1],
+    )
+    _wait_healthy(product.storage_url, product.ca, proc, product.root / "storage.log")
+    with _storage(product, _token(product, job=202)) as other:
+        assert other.delete(f"/1/objects/{name}").status_code == 403
+    with _storage(product, _token(product, job=201)) as owner:
+        assert owner.put(f"/1/objects/{name}?replace=1", content=b"lock2").status_code == 201
+        assert owner.delete(f"/1/objects/{name}").status_code == 204

@@ -63,7 +63,7 @@ def allinone(
     from rekindle.net.pki import write_private
     from rekindle.net.tlsserver import make_server
     from rekindle.net.tokens import load_public
-    from rekindle.storagenode.app import OrgBackends, local_factory
+    from rekindle.storagenode.app import OrgBackends, SqliteLockOwners, local_factory
     from rekindle.storagenode.app import create_app as storage_app
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -98,7 +98,9 @@ def allinone(
     )
     storage = make_server(
         storage_app(
-            OrgBackends(local_factory(storage_dir)),
+            OrgBackends(
+                local_factory(storage_dir), SqliteLockOwners(storage_dir / "lock-owners.sqlite")
+            ),
             load_public((storage_dir / "token.pub").read_bytes()),
         ),
         host=host,

@@ -157,7 +157,12 @@ def storage_serve(
     tls.key and token.pub (`rekindle cloud storage-credentials`)."""
     from rekindle.net.tlsserver import make_server
     from rekindle.net.tokens import load_public
-    from rekindle.storagenode.app import OrgBackends, create_app, local_factory
+    from rekindle.storagenode.app import (
+        OrgBackends,
+        SqliteLockOwners,
+        create_app,
+        local_factory,
+    )
 
     _logging(verbose)
     for f in ("tls.pem", "tls.key", "token.pub"):
@@ -165,8 +170,10 @@ def storage_serve(
             raise UsageError(
                 f"{data_dir / f} is missing: run 'rekindle cloud storage-credentials' first"
             )
+    owners = SqliteLockOwners(data_dir / "lock-owners.sqlite")
     app = create_app(
-        OrgBackends(local_factory(data_dir)), load_public((data_dir / "token.pub").read_bytes())
+        OrgBackends(local_factory(data_dir), owners),
+        load_public((data_dir / "token.pub").read_bytes()),
     )
     server = make_server(
         app, host=host, port=port, certfile=data_dir / "tls.pem", keyfile=data_dir / "tls.key"

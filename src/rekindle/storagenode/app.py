@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
@@ -48,17 +50,89 @@ class ScopeError(RekindleError):
     """A valid token used for something it was not issued for."""
 
 
+class LockOwners(Protocol):
+    def get(self, org: int, name: str) -> int | None: ...
+    def set(self, org: int, name: str, job: int) -> None: ...
+    def forget(self, org: int, name: str) -> None: ...
+
+
+class MemoryLockOwners:
+    """For tests and single-process use: forgotten on restart."""
+
+    def __init__(self) -> None:
+        self._owners: dict[tuple[int, str], int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, org: int, name: str) -> int | None:
+        with self._lock:
+            return self._owners.get((org, name))
+
+    def set(self, org: int, name: str, job: int) -> None:
+        with self._lock:
+            self._owners[(org, name)] = job
+
+    def forget(self, org: int, name: str) -> None:
+        with self._lock:
+            self._owners.pop((org, name), None)
+
+
+class SqliteLockOwners:
+    """Lock owners in a small SQLite file beside the repositories: shared by the node's
+    worker processes and kept across restarts, so a running backup can still refresh and
+    remove its lock."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS lock_owner "
+                "(org INTEGER, name TEXT, job INTEGER, PRIMARY KEY (org, name))"
+            )
+        finally:
+            db.close()
+
+    def _db(self) -> sqlite3.Connection:
+        # One connection per thread and process: worker processes fork after start-up.
+        key = (os.getpid(), threading.get_ident())
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "key", None) != key:
+            db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+            self._local.db, self._local.key = db, key
+        return db
+
+    def get(self, org: int, name: str) -> int | None:
+        row = (
+            self._db()
+            .execute("SELECT job FROM lock_owner WHERE org = ? AND name = ?", (org, name))
+            .fetchone()
+        )
+        return int(row[0]) if row else None
+
+    def set(self, org: int, name: str, job: int) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO lock_owner (org, name, job) VALUES (?, ?, ?)",
+            (org, name, job),
+        )
+
+    def forget(self, org: int, name: str) -> None:
+        self._db().execute("DELETE FROM lock_owner WHERE org = ? AND name = ?", (org, name))
+
+
 class OrgBackends:
     """One backend per organization, opened on first use."""
 
-    def __init__(self, factory: Callable[[int], Backend]) -> None:
+    def __init__(
+        self, factory: Callable[[int], Backend], lock_owner: LockOwners | None = None
+    ) -> None:
         self._factory = factory
         self._open: dict[int, Backend] = {}
         self._lock = threading.Lock()
         #: Which job wrote each lock object: a token may refresh or delete only its own job's
-        #: locks. Kept in memory only: a backup running while the node restarts cannot refresh
-        #: or remove its lock afterwards (the lock then expires by age).
-        self.lock_owner: dict[tuple[int, str], int] = {}
+        #: locks.
+        self.lock_owner: LockOwners = lock_owner or MemoryLockOwners()
 
     def get(self, org: int) -> Backend:
         with self._lock:
@@ -198,7 +272,7 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
         del parts
         backend = backends.get(org)
         if name.startswith("locks/"):
-            owner = backends.lock_owner.get((org, name))
+            owner = backends.lock_owner.get(org, name)
             if replace and owner != claims.job and await run_in_threadpool(backend.exists, name):
                 raise ScopeError("a token may refresh only the locks its own job took")
         # Initialization only: a repository's config and keys are never replaced, and new
@@ -209,17 +283,17 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
             raise ScopeError("the repository is initialized; its keys cannot be changed")
         await run_in_threadpool(lambda: backend.write(name, body, exclusive=not replace))
         if name.startswith("locks/"):
-            backends.lock_owner[(org, name)] = claims.job  # only once the write succeeded
+            backends.lock_owner.set(org, name, claims.job)  # only once the write succeeded
         return Response(status_code=201)
 
     @app.delete("/storage/v1/orgs/{org}/objects/{name:path}", status_code=204)
     async def delete_object(org: int, name: str, creds: Creds) -> Response:
         claims = claims_for(org, creds)
         check(claims, "delete", check_name(name))
-        if backends.lock_owner.get((org, name)) != claims.job:
+        if backends.lock_owner.get(org, name) != claims.job:
             raise ScopeError("a token may delete only the locks its own job took")
         await run_in_threadpool(backends.get(org).delete, name)
-        backends.lock_owner.pop((org, name), None)
+        backends.lock_owner.forget(org, name)
         return Response(status_code=204)
 
     return app
