@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import ssl
 import sys
 import time
@@ -88,10 +89,19 @@ def show(rows: Any, as_json: bool, columns: list[str]) -> None:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     items = rows if isinstance(rows, list) else [rows]
-    table = Table(*columns)
+    table = Table()
+    for c in columns:
+        # fold, not "…": an id or a state cut short is useless on a narrow terminal
+        table.add_column(c.removesuffix("_id").replace("_", " "), overflow="fold")
     for r in items:
         table.add_row(*(_cell(r.get(c)) for c in columns))
     out.print(table)
+
+
+_ISO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]00:00)?$")
+
+
+_SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _cell(v: Any) -> str:
@@ -99,7 +109,13 @@ def _cell(v: Any) -> str:
         return ""
     if isinstance(v, dict | list):
         return json.dumps(v)
-    return str(v)
+    text = str(v)
+    m = _ISO_TIME.match(text)
+    if m:  # the API speaks UTC; seconds are enough for people
+        return f"{m.group(1)} {m.group(2)}"
+    if _SNAPSHOT_ID.match(text):  # short form in tables; --json keeps the whole id
+        return text[:12]
+    return text
 
 
 @app.command()
@@ -302,18 +318,8 @@ def activation_token(
         sys.stdout.write(res["command"] + " --data-dir /var/lib/rekindle-agent\n")
 
 
-_JOB_COLS = [
-    "id",
-    "server_id",
-    "kind",
-    "state",
-    "trigger",
-    "attempt",
-    "created",
-    "finished",
-    "snapshot_id",
-    "error",
-]
+# What fits 80 columns; `job ID` adds attempt, restore point and progress, --json has all.
+_JOB_COLS = ["id", "server_id", "kind", "state", "trigger", "created", "finished", "error"]
 
 
 @app.command("backup-now")
@@ -371,7 +377,9 @@ def job(job_id: int, as_json: JsonOpt = False) -> None:
     if as_json:
         show(res, True, [])
         return
-    show(res, False, [*_JOB_COLS, "progress"])
+    show(res, False, [*_JOB_COLS, "attempt", "snapshot_id"])
+    if res["progress"]:
+        out.print(f"progress: {json.dumps(res['progress'])}", markup=False, highlight=False)
     if res["missed"]:
         show(res["missed"], False, ["path", "reason"])
     if res["log"]:
