@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import ssl
 from typing import Any
@@ -106,10 +105,6 @@ def platform_name() -> str:
     import platform
 
     return f"{platform.system()} {platform.release()}"
-
-
-def ca_fingerprint_of(pem: bytes) -> str:
-    return hashlib.sha256(pem).hexdigest()
 
 
 class CloudClient:

@@ -7,7 +7,6 @@ import base64
 import logging
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from rekindle.agent.snapshots import freeze
 from rekindle.agent.state import AgentState
 from rekindle.core.errors import NotARepositoryError, RekindleError, UsageError
 from rekindle.format.registry import NodeType
+from rekindle.format.snapshot import Snapshot
 from rekindle.net import protocol as p
 from rekindle.repository.backup import BackupOptions, BackupStats, BackupStopped, backup
 from rekindle.repository.browse import walk
@@ -167,18 +167,9 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
     )
 
 
-def _free_bytes(target: Path) -> tuple[Path, int]:
-    probe = target
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    st = os.statvfs(probe)
-    return probe, st.f_bavail * st.f_frsize
-
-
-def check_destination(target: Path) -> None:
-    """The destination must be a directory we can write, or creatable."""
+def check_destination(target: Path) -> tuple[Path, int]:
+    """The destination must be a directory we can write, or creatable under one. Returns
+    that directory (the nearest that exists) and its free bytes."""
     probe = target
     while not probe.exists() and not probe.is_symlink():
         if probe.parent == probe:
@@ -188,10 +179,12 @@ def check_destination(target: Path) -> None:
         raise UsageError(f"restore destination {probe} exists and is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"restore destination {probe} is not writable")
+    st = os.statvfs(probe)
+    return probe, st.f_bavail * st.f_frsize
 
 
-def restore_size(repo: Repository, snapshot_id: str, includes: list[str]) -> int:
-    snap = repo.find_snapshot(snapshot_id)
+def restore_size(repo: Repository, snap: Snapshot, includes: list[str]) -> int:
+    """Bytes of the files a restore of `includes` (everything when empty) writes."""
     total = 0
     for start in includes or [""]:
         for _path, node in walk(repo, snap, start.strip("/")):
@@ -207,12 +200,11 @@ def run_restore(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.
     target = Path(spec.target)
     if not target.is_absolute():
         raise UsageError(f"restore destination {target} must be an absolute path")
-    check_destination(target)
+    where, free = check_destination(target)
     repo = open_repository(job, ctx.state, create=False)
     try:
         snap = repo.find_snapshot(spec.snapshot)
-        need = restore_size(repo, spec.snapshot, spec.include)
-        where, free = _free_bytes(target)
+        need = restore_size(repo, snap, spec.include)
         # Files that exist may be overwritten in place, but count everything: failing
         # clearly before writing beats failing half-way.
         if need > free:
@@ -275,10 +267,6 @@ def run_job(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.JobR
     except Exception as e:
         log.exception("job %d failed unexpectedly", job.job_id)
         return p.JobResult(state="failed", error=f"internal error: {type(e).__name__}: {e}"[:4000])
-
-
-def default_hostname() -> str:
-    return socket.gethostname()
 
 
 def disk_free(path: Path) -> int:

@@ -56,15 +56,13 @@ def allinone(
     from rekindle.agent.daemon import Agent
     from rekindle.agent.state import AgentState
     from rekindle.cli.demo import make_sample_tree
-    from rekindle.cli.services import write_storage_credentials
+    from rekindle.cli.services import first_admin, write_storage_credentials
     from rekindle.cloud.app import create_app, prepare
     from rekindle.cloud.services import Actor
     from rekindle.cloud.settings import CloudSettings
     from rekindle.net.pki import write_private
     from rekindle.net.tlsserver import make_server
-    from rekindle.net.tokens import load_public
-    from rekindle.storagenode.app import OrgBackends, SqliteLockOwners, local_factory
-    from rekindle.storagenode.app import create_app as storage_app
+    from rekindle.storagenode.app import local_node_app
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     var = var.resolve()
@@ -80,11 +78,8 @@ def allinone(
     )
     state = prepare(settings)
     svc = state.services
-    first = svc.organization_count() == 0
+    new_password = first_admin(svc, settings.data_dir)
     pw_file = settings.data_dir / "initial-admin-password"
-    if first:
-        _org, password = svc.create_organization("default", "admin@localhost")
-        write_private(pw_file, password.encode() + b"\n")
     storage_dir = var / "storage"
     write_storage_credentials(settings.data_dir, storage_dir, [host, "localhost"])
 
@@ -97,12 +92,7 @@ def allinone(
         client_ca=state.ca_file,
     )
     storage = make_server(
-        storage_app(
-            OrgBackends(
-                local_factory(storage_dir), SqliteLockOwners(storage_dir / "lock-owners.sqlite")
-            ),
-            load_public((storage_dir / "token.pub").read_bytes()),
-        ),
+        local_node_app(storage_dir),
         host=host,
         port=storage_port,
         certfile=storage_dir / "tls.pem",
@@ -157,9 +147,9 @@ def allinone(
             f"{rp.bytes} bytes"
         )
     out.print()
-    if first:
+    if new_password is not None:
         out.print(
-            f"admin: admin@localhost, password [bold]{pw_file.read_text().strip()}[/] "
+            f"admin: admin@localhost, password [bold]{new_password}[/] "
             f"(kept in {pw_file}, mode 0600; shown only on first start)"
         )
     else:

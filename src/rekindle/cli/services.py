@@ -79,7 +79,12 @@ def cloud_serve(
         **{k: v for k, v in given.items() if v is not None},
     )
     state = prepare(settings)
-    _first_admin(state.services, settings.data_dir)
+    if first_admin(state.services, settings.data_dir) is not None:
+        pw_file = settings.data_dir / "initial-admin-password"
+        sys.stderr.write(
+            "first start: created organization 'default' with admin 'admin@localhost'; "
+            f"the password is in {pw_file} (mode 0600)\n"
+        )
     server = make_server(
         create_app(state),
         host=settings.host,
@@ -94,18 +99,17 @@ def cloud_serve(
     server.run()
 
 
-def _first_admin(svc: CloudServices, data_dir: Path) -> None:
+def first_admin(svc: CloudServices, data_dir: Path) -> str | None:
+    """On a cloud without organizations, create 'default' with the admin 'admin@localhost'
+    and keep the password in DATA_DIR/initial-admin-password (0600). Returns the password
+    when it was just created."""
     from rekindle.net.pki import write_private
 
     if svc.organization_count():
-        return
+        return None
     _org, password = svc.create_organization("default", "admin@localhost")
-    pw_file = data_dir / "initial-admin-password"
-    write_private(pw_file, password.encode() + b"\n")
-    sys.stderr.write(
-        f"first start: created organization 'default' with admin 'admin@localhost'; "
-        f"the password is in {pw_file} (mode 0600)\n"
-    )
+    write_private(data_dir / "initial-admin-password", password.encode() + b"\n")
+    return password
 
 
 @cloud_app.command("add-org")
@@ -156,13 +160,7 @@ def storage_serve(
     """Serve repositories under DATA_DIR/orgs over HTTPS. DATA_DIR must hold tls.pem,
     tls.key and token.pub (`rekindle cloud storage-credentials`)."""
     from rekindle.net.tlsserver import make_server
-    from rekindle.net.tokens import load_public
-    from rekindle.storagenode.app import (
-        OrgBackends,
-        SqliteLockOwners,
-        create_app,
-        local_factory,
-    )
+    from rekindle.storagenode.app import local_node_app
 
     _logging(verbose)
     for f in ("tls.pem", "tls.key", "token.pub"):
@@ -170,13 +168,12 @@ def storage_serve(
             raise UsageError(
                 f"{data_dir / f} is missing: run 'rekindle cloud storage-credentials' first"
             )
-    owners = SqliteLockOwners(data_dir / "lock-owners.sqlite")
-    app = create_app(
-        OrgBackends(local_factory(data_dir), owners),
-        load_public((data_dir / "token.pub").read_bytes()),
-    )
     server = make_server(
-        app, host=host, port=port, certfile=data_dir / "tls.pem", keyfile=data_dir / "tls.key"
+        local_node_app(data_dir),
+        host=host,
+        port=port,
+        certfile=data_dir / "tls.pem",
+        keyfile=data_dir / "tls.key",
     )
     logging.getLogger(__name__).info("storage node listening on https://%s:%d", host, port)
     server.run()

@@ -546,14 +546,40 @@ class CloudServices:
         attempt: int = 1,
         not_before: datetime | None = None,
     ) -> Job:
+        return self._queue(
+            s,
+            server,
+            "backup",
+            trigger,
+            backup_set_id=bs.id,
+            params={},
+            window_end=window_end,
+            attempt=attempt,
+            not_before=not_before,
+        )
+
+    def _queue(
+        self,
+        s: Session,
+        server: Server,
+        kind: str,
+        trigger: str,
+        *,
+        backup_set_id: int | None,
+        params: dict[str, Any],
+        window_end: datetime | None = None,
+        attempt: int = 1,
+        not_before: datetime | None = None,
+    ) -> Job:
+        """A new queued job (flushed, so it has its id)."""
         job = Job(
             org_id=server.org_id,
             server_id=server.id,
-            kind="backup",
+            kind=kind,
             state="queued",
             trigger=trigger,
-            backup_set_id=bs.id,
-            params={},
+            backup_set_id=backup_set_id,
+            params=params,
             attempt=attempt,
             created=self.now(),
             not_before=not_before,
@@ -593,31 +619,18 @@ class CloudServices:
                 )
             if not target.enabled:
                 raise ConflictError(f"server {target.hostname} is disabled")
-            job = Job(
-                org_id=actor.org_id,
-                server_id=target.id,
-                kind="restore",
-                state="queued",
-                trigger="manual",
-                backup_set_id=rp.backup_set_id,
-                params={
-                    "restore_point_id": rp.id,
-                    "snapshot": rp.snapshot_id,
-                    "target": target_path or "/",
-                    "original": target_path is None,
-                    "original_paths": rp.paths,
-                    "include": include,
-                    "existing": existing,
-                },
-                attempt=1,
-                created=self.now(),
-                not_before=None,
-                window_end=None,
-                progress={},
-                log="",
+            params = {
+                "restore_point_id": rp.id,
+                "snapshot": rp.snapshot_id,
+                "target": target_path or "/",
+                "original": target_path is None,
+                "original_paths": rp.paths,
+                "include": include,
+                "existing": existing,
+            }
+            job = self._queue(
+                s, target, "restore", "manual", backup_set_id=rp.backup_set_id, params=params
             )
-            s.add(job)
-            s.flush()
             self._audit(
                 s,
                 actor,
@@ -650,11 +663,7 @@ class CloudServices:
             if state is not None:
                 q = q.where(Job.state == state)
             jobs = s.scalars(q.order_by(Job.id.desc()).limit(limit)).all()
-            visible = {
-                x.id
-                for x in s.scalars(select(Server).where(Server.org_id == actor.org_id))
-                if actor.may_see_group(x.group_id)
-            }
+            visible = self._visible_servers(s, actor)
             return [j for j in jobs if j.server_id in visible]
 
     def get_job(self, actor: Actor, job_id: int) -> tuple[Job, list[MissedFileRow]]:

@@ -159,6 +159,17 @@ def local_factory(root: Path) -> Callable[[int], Backend]:
     return make
 
 
+def local_node_app(data_dir: Path) -> FastAPI:
+    """A node serving DATA_DIR/orgs/<id>, with the cloud's token key (token.pub) and the lock
+    owners (lock-owners.sqlite) beside them."""
+    from rekindle.net.tokens import load_public
+
+    backends = OrgBackends(
+        local_factory(data_dir), SqliteLockOwners(data_dir / "lock-owners.sqlite")
+    )
+    return create_app(backends, load_public((data_dir / "token.pub").read_bytes()))
+
+
 def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
     app = FastAPI(title="Rekindle storage node", version=__version__)
 
