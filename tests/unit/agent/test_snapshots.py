@@ -71,9 +71,11 @@ def test_backup_reads_a_frozen_snapshot_and_records_the_original_paths(
 
 
 def test_paths_off_btrfs_are_read_live(tmp_path: Path) -> None:
+    if mount_fstype(str(tmp_path))[1] == "btrfs":
+        pytest.skip("the temporary directory is on btrfs itself")
     (tmp_path / "live").mkdir()
     with freeze([str(tmp_path / "live")]) as frozen:
-        assert frozen.read_from == {} or mount_fstype(str(tmp_path))[1] == "btrfs"
+        assert frozen.read_from == {}
         assert any("reading live files" in n for n in frozen.notes)
 
 
