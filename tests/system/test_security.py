@@ -4,10 +4,13 @@ right organization and used only for their access."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -159,10 +162,68 @@ def test_a_backup_token_cannot_read_list_or_delete_data(product: Product, enroll
         # what it may do: see which chunks exist (index) and add data
         assert c.get("/1/objects", params={"prefix": "index/"}).status_code == 200
     with _storage(product, _token(product, access="restore", snapshot="00" * 32)) as c:
-        assert c.get(f"/1/objects/{pack}").status_code == 200
         assert c.put("/1/objects/data/00/" + "00" * 32, content=b"x").status_code == 403
         snaps = c.get("/1/objects", params={"prefix": "snapshots/"}).json()
         assert snaps == []  # it sees only the restore point it was issued for
+        assert c.get("/1/objects", params={"prefix": "data/"}).status_code == 403
+
+
+def test_a_restore_token_reads_only_the_packs_its_restore_needs(
+    product: Product, enrolled: Path
+) -> None:
+    """The cloud plans each restore and registers its grant with the node; the agent's token
+    reads those packs and no others, and only the cloud can register a grant."""
+    del enrolled
+    first_packs = set(_packs(product, "data"))
+    first_rp = product.admin_json("restore-points", "--server", str(product.servers["sec"]))[0]
+    (product.root / "src-sec" / "later.bin").write_bytes(os.urandom(300_000))
+    product.start_agent("sec")
+    product.wait_connected("sec")
+    try:
+        assert product.backup_now("sec")["state"] == "succeeded"
+    finally:
+        product.stop("agent-sec")
+    later_packs = set(_packs(product, "data")) - first_packs
+    assert first_packs and later_packs
+
+    # A path the restore point does not hold is refused before anything is queued.
+    bad = product.admin("restore", str(first_rp["id"]), "--include", "/nope", check=False)
+    assert bad.returncode != 0 and "does not hold /nope" in bad.stderr
+    job = product.admin_json("restore", str(first_rp["id"]), "--to-path", "/tmp/never")
+    with _agent_client(product, product.agent_dir("sec")) as c:
+        got = c.post("/agent/v1/poll?wait=0", json=HB).json()["job"]
+        assert got is not None, product.admin("jobs").stdout
+        assert got["job_id"] == job["id"]
+        claims = tokens.verify(_public(product), got["storage_token"])
+        assert claims.access == "restore" and len(claims.grant) == 64
+        with _storage(product, got["storage_token"]) as s:
+            for pack in first_packs:
+                assert s.get(f"/1/objects/{pack}").status_code == 200
+            for pack in later_packs:
+                r = s.get(f"/1/objects/{pack}")
+                assert r.status_code == 403 and "not part of" in r.json()["detail"]
+            # agents cannot widen a grant: only the cloud's catalog token registers one
+            body = "\n".join(sorted(later_packs)).encode()
+            digest = hashlib.sha256(body).hexdigest()
+            assert s.put(f"/1/grants/{digest}", content=body).status_code == 403
+        r = c.post(f"/agent/v1/jobs/{job['id']}/result", json={"state": "failed", "error": "t"})
+        assert r.status_code == 204
+    with _storage(product, _token(product, access="catalog")) as cat:
+        assert cat.put(f"/1/grants/{'0' * 64}", content=body).status_code == 400  # digest
+        assert cat.put(f"/1/grants/{digest}", content=b"../config").status_code == 400
+    unknown = _token(product, access="restore", grant="ab" * 32)
+    with _storage(product, unknown) as s:
+        r = s.get(f"/1/objects/{next(iter(first_packs))}")
+        assert r.status_code == 403 and "start the restore again" in r.json()["detail"]
+
+
+def _packs(product: Product, kind: str) -> list[str]:
+    root = product.root / "storage" / "orgs" / "1"
+    return [str(p.relative_to(root)) for p in (root / kind).rglob("*") if p.is_file()]
+
+
+def _public(product: Product) -> Any:
+    return tokens.load_public((product.root / "cloud" / "keys" / "token.pub").read_bytes())
 
 
 def test_one_organization_cannot_touch_anothers_data(product: Product, enrolled: Path) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from rekindle.cloud import schemas as sc
+from rekindle.cloud.catalog import PlanningError
 from rekindle.cloud.security import AuthError, ForbiddenError
 from rekindle.cloud.services import Actor, CloudServices, ConflictError, NotFoundError
 from rekindle.core.errors import RekindleError, UsageError
@@ -32,6 +33,7 @@ def install_error_handlers(app: FastAPI) -> None:
         (NotFoundError, 404),
         (ConflictError, 409),
         (UsageError, 422),
+        (PlanningError, 503),  # the storage node is unreachable or the data cannot be read
     ]
 
     for cls, status in statuses:
@@ -285,6 +287,10 @@ def agent_router(disconnect_check_s: float = 2.0) -> APIRouter:
         while True:
             ev = waker.event(server_id)
             ev.clear()
+            # A job handed to a connection that is already gone would be lost with it.
+            if await request.is_disconnected():
+                await run_in_threadpool(svc.poll_dropped, server_id, until)
+                return p.PollResponse(job=None)
             job = await run_in_threadpool(svc.claim_job, server_id)
             if job is not None:
                 return p.PollResponse(job=job)

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rekindle import __version__
 from rekindle.cloud.api import Waker, admin_router, agent_router, install_error_handlers
+from rekindle.cloud.catalog import StorageCatalog
 from rekindle.cloud.db import Database
 from rekindle.cloud.security import KeyEncryptionKey
 from rekindle.cloud.services import CloudServices
@@ -61,6 +62,7 @@ def prepare(settings: CloudSettings, clock: Clock | None = None) -> CloudState:
         token_ttl_s=settings.token_ttl_s,
         connected_grace_s=settings.connected_grace_s,
         session_ttl_s=settings.session_ttl_s,
+        catalog=StorageCatalog(token_key, d / "ca" / "ca.pem", d / "cache"),
     )
     return CloudState(
         settings, svc, ca, d / "tls" / "tls.pem", d / "tls" / "tls.key", d / "ca" / "ca.pem", public

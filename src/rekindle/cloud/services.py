@@ -16,6 +16,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from rekindle.cloud import schedule
+from rekindle.cloud.catalog import PlanningError, RestorePlan, StorageCatalog
 from rekindle.cloud.db import Database
 from rekindle.cloud.models import (
     ActivationToken,
@@ -99,6 +100,7 @@ class CloudServices:
         token_ttl_s: int = 6 * 3600,
         connected_grace_s: float = 15.0,
         session_ttl_s: int = 12 * 3600,
+        catalog: StorageCatalog | None = None,
     ) -> None:
         self.db = db
         self.kek = kek
@@ -109,6 +111,8 @@ class CloudServices:
         self.token_ttl_s = token_ttl_s
         self.connected_grace_s = connected_grace_s
         self.session_ttl_s = session_ttl_s
+        #: Plans restores (reads repositories on storage nodes); None in a cloud without.
+        self.catalog = catalog
         #: Called with a server id whenever a job is queued for it (wakes its long-poll).
         self.on_job_queued: list[Any] = []
 
@@ -619,6 +623,17 @@ class CloudServices:
                 )
             if not target.enabled:
                 raise ConflictError(f"server {target.hostname} is disabled")
+            # The data is where the source server's group stores it.
+            group = _must(s.get(ServerGroup, source.group_id))
+            storage_url = _must(s.get(Storage, group.storage_id)).url
+            org = _must(s.get(Organization, rp.org_id))
+            repo_key = self.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
+            snapshot, org_id = rp.snapshot_id, rp.org_id
+        # Outside the transaction: planning reads the repository over the network.
+        plan = self._plan_restore(storage_url, org_id, repo_key, snapshot, include)
+        with self.db.session() as s:
+            rp = self._get(s, RestorePoint, restore_point_id, actor)
+            target = self._server(s, target_server_id or rp.server_id, actor)
             params = {
                 "restore_point_id": rp.id,
                 "snapshot": rp.snapshot_id,
@@ -627,6 +642,10 @@ class CloudServices:
                 "original_paths": rp.paths,
                 "include": include,
                 "existing": existing,
+                "storage_url": storage_url,
+                "grant": plan.grant,
+                "files": plan.files,
+                "bytes": plan.bytes,
             }
             job = self._queue(
                 s, target, "restore", "manual", backup_set_id=rp.backup_set_id, params=params
@@ -883,6 +902,13 @@ class CloudServices:
             ).all()
             return newest, {r[0] for r in rows}
 
+    def _plan_restore(
+        self, storage_url: str, org_id: int, repo_key: bytes, snapshot: str, include: list[str]
+    ) -> RestorePlan:
+        if self.catalog is None:
+            raise PlanningError("this cloud has no access to storage nodes to plan restores")
+        return self.catalog.plan_restore(storage_url, org_id, repo_key, snapshot, include)
+
     def claim_job(self, server_id: int) -> p.JobAssignment | None:
         """Hand the oldest runnable queued job of this server to its agent."""
         now = self.now()
@@ -924,22 +950,23 @@ class CloudServices:
         org = _must(s.get(Organization, job.org_id))
         policy = s.get(BackupPolicy, group.policy_id) if group.policy_id else None
         now = int(self.now().timestamp())
-        snapshot = str(job.params.get("snapshot", "")) if job.kind == "restore" else ""
+        restoring = job.kind == "restore"
         claims = tokens.StorageClaims(
             org=job.org_id,
             server=server.id,
             job=job.id,
-            access="restore" if job.kind == "restore" else "backup",
-            snapshot=snapshot,
+            access="restore" if restoring else "backup",
+            snapshot=str(job.params.get("snapshot", "")) if restoring else "",
             iat=now,
             exp=now + self.token_ttl_s,
+            grant=str(job.params.get("grant", "")) if restoring else "",
         )
         key = self.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
         a = p.JobAssignment(
             job_id=job.id,
             kind="restore" if job.kind == "restore" else "backup",
             org_id=job.org_id,
-            storage_url=storage.url,
+            storage_url=str(job.params.get("storage_url", storage.url)),
             storage_token=tokens.sign(self.token_key, claims),
             repo_key=base64.b64encode(key).decode(),
             bandwidth_kib=policy.bandwidth_kib if policy else 0,

@@ -11,8 +11,11 @@ Claims (all required):
 | ``org`` | organization id: the only repository the token opens |
 | ``server`` | the agent's server id (for the audit trail and the lock owner) |
 | ``job`` | the job the token was issued for |
-| ``access`` | ``backup`` (add data, see what exists) or ``restore`` (read) |
+| ``access`` | ``backup`` (add data, see what exists), ``restore`` (read what one restore \
+needs) or ``catalog`` (the cloud's own: read everything, register grants) |
 | ``snapshot`` | for ``restore``: the one restore point it may read; else empty |
+| ``grant`` | for ``restore``: SHA-256 (hex) of the grant, the list of packs the restore \
+needs, which the cloud registered with the node; else empty |
 | ``iat``, ``exp`` | issued at and expiry, Unix seconds |
 """
 
@@ -35,7 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from rekindle.core.errors import RekindleError
 
 PREFIX = "rkt1"
-Access = Literal["backup", "restore"]
+Access = Literal["backup", "restore", "catalog"]
+ACCESSES = ("backup", "restore", "catalog")
 #: A clock difference between cloud and storage node that tokens tolerate.
 LEEWAY_S = 60
 
@@ -53,6 +57,7 @@ class StorageClaims:
     snapshot: str
     iat: int
     exp: int
+    grant: str = ""
 
 
 def _b64(data: bytes) -> str:
@@ -87,10 +92,11 @@ def verify(key: Ed25519PublicKey, token: str, now: float | None = None) -> Stora
             snapshot=str(raw["snapshot"]),
             iat=int(raw["iat"]),
             exp=int(raw["exp"]),
+            grant=str(raw["grant"]),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise TokenError("storage token claims are malformed") from e
-    if claims.access not in ("backup", "restore"):
+    if claims.access not in ACCESSES:
         raise TokenError(f"unknown storage token access {claims.access!r}")
     t = time.time() if now is None else now
     if t > claims.exp + LEEWAY_S:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from rekindle.core.errors import IntegrityError, UsageError
 from rekindle.format.registry import NodeType
 from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import Node
-from rekindle.repository.repo import Repository
+from rekindle.repository.repo import Repository, pack_name
+from rekindle.repository.restore import is_selected, norm_include
 
 
 @dataclass
@@ -72,3 +74,55 @@ def reachable(repo: Repository, snapshots: Iterable[Snapshot]) -> Reachable:
 
         walk_snapshot(repo, snap, visit, seen_trees=seen)
     return out
+
+
+@dataclass(frozen=True)
+class RestoreNeeds:
+    """What a restore of some paths of a restore point reads and writes."""
+
+    packs: list[str]  # object names, sorted: every tree pack of the restore point, and the
+    # data packs of the chosen files
+    files: int
+    bytes: int
+
+
+def restore_needs(repo: Repository, snap: Snapshot, includes: list[str]) -> RestoreNeeds:
+    """The packs a restore of `includes` (everything when empty) needs, and its size.
+
+    Every tree of the restore point is counted in, so that browsing it and walking to the
+    chosen paths never needs more. A chosen path that the restore point does not hold raises
+    UsageError; a blob the index does not know raises IntegrityError."""
+    wanted = [norm_include(p) for p in includes]
+    trees: set[bytes] = set(snap.tree)
+    data: set[bytes] = set()
+    found: set[str] = set()
+    files = size = 0
+
+    def visit(path: str, node: Node) -> None:
+        nonlocal files, size
+        if node.type is NodeType.DIR:
+            trees.update(node.subtree)
+        if not is_selected(path, wanted):
+            return
+        found.update(inc for inc in wanted if path == inc)
+        if node.type is NodeType.FILE:
+            files += 1
+            size += node.size
+            data.update(c for c in node.content if isinstance(c, bytes))
+
+    walk_snapshot(repo, snap, visit)
+    absent = [inc for inc in wanted if inc not in found]
+    if absent:
+        raise UsageError(f"the restore point does not hold {', '.join('/' + a for a in absent)}")
+    packs: set[str] = set()
+    blobs = trees | data
+    located = repo.index.lookup_many(blobs)
+    lost = len(blobs) - len(located)
+    if lost:
+        raise IntegrityError(
+            f"{lost} blobs of the restore point are in no pack the index knows: "
+            "run 'rekindle repo check'"
+        )
+    for locations in located.values():
+        packs.update(pack_name(loc.entry.kind, loc.pack) for loc in locations)
+    return RestoreNeeds(sorted(packs), files, size)

@@ -93,11 +93,18 @@ class RestoreOptions:
     restore_owner: bool = IS_ROOT
 
 
-def _norm_include(p: str) -> str:
+def norm_include(p: str) -> str:
+    """An include path as the tree spells it: no leading or doubled '/', no '.'."""
     parts = [x for x in p.strip().split("/") if x not in ("", ".")]
     if ".." in parts:
         raise UsageError(f"include path {p!r} may not contain '..'")
     return "/".join(parts)
+
+
+def is_selected(rel: str, includes: list[str]) -> bool:
+    """Does a restore of (normalized) `includes` restore the entry at `rel` (everything when
+    there are none)?"""
+    return not includes or any(rel == inc or rel.startswith(inc + "/") for inc in includes)
 
 
 class Restorer:
@@ -114,7 +121,7 @@ class Restorer:
         self.target = target
         self.opts = options or RestoreOptions()
         self.stats = RestoreStats()
-        self._includes = [_norm_include(p) for p in self.opts.includes]
+        self._includes = [norm_include(p) for p in self.opts.includes]
         self._slots = threading.BoundedSemaphore(MAX_INFLIGHT)
         self._links: dict[tuple[int, int], bytes] = {}  # (device, inode) -> path from root
         self._futures: list[Future[None]] = []
@@ -125,11 +132,8 @@ class Restorer:
     # -- selection -----------------------------------------------------------------------------
     def _wanted(self, rel: str) -> tuple[bool, bool]:
         """(restore this node fully, descend into it to reach an included path)."""
-        if not self._includes:
+        if is_selected(rel, self._includes):
             return True, True
-        for inc in self._includes:
-            if rel == inc or rel.startswith(inc + "/"):
-                return True, True
         return False, any(inc.startswith(rel + "/") for inc in self._includes)
 
     # -- top level -----------------------------------------------------------------------------

@@ -7,17 +7,16 @@
 | HEAD | /storage/v1/orgs/{org}/objects/{name} | size and mtime |
 | PUT | /storage/v1/orgs/{org}/objects/{name}?replace=0 | write once (409 when it exists) |
 | DELETE | /storage/v1/orgs/{org}/objects/{name} | delete |
+| PUT | /storage/v1/orgs/{org}/grants/{sha256} | register a restore's grant (cloud only) |
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,12 +33,14 @@ from rekindle.core.errors import (
     UsageError,
 )
 from rekindle.net.tokens import StorageClaims, TokenError, verify
+from rekindle.storagenode.ledger import NodeLedger
 from rekindle.storagenode.scope import Op, allowed
 from rekindle.store.base import Backend, check_name
 
 _bearer = HTTPBearer(auto_error=False)
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 #: Largest object accepted in one PUT (packs are 16 MiB by default; their maximum is 128).
 MAX_OBJECT = 256 * 1024 * 1024
 #: Offsets beyond any object (and beyond what the OS accepts) are refused up front.
@@ -50,89 +51,15 @@ class ScopeError(RekindleError):
     """A valid token used for something it was not issued for."""
 
 
-class LockOwners(Protocol):
-    def get(self, org: int, name: str) -> int | None: ...
-    def set(self, org: int, name: str, job: int) -> None: ...
-    def forget(self, org: int, name: str) -> None: ...
-
-
-class MemoryLockOwners:
-    """For tests and single-process use: forgotten on restart."""
-
-    def __init__(self) -> None:
-        self._owners: dict[tuple[int, str], int] = {}
-        self._lock = threading.Lock()
-
-    def get(self, org: int, name: str) -> int | None:
-        with self._lock:
-            return self._owners.get((org, name))
-
-    def set(self, org: int, name: str, job: int) -> None:
-        with self._lock:
-            self._owners[(org, name)] = job
-
-    def forget(self, org: int, name: str) -> None:
-        with self._lock:
-            self._owners.pop((org, name), None)
-
-
-class SqliteLockOwners:
-    """Lock owners in a small SQLite file beside the repositories: shared by the node's
-    worker processes and kept across restarts, so a running backup can still refresh and
-    remove its lock."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.local()
-        db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS lock_owner "
-                "(org INTEGER, name TEXT, job INTEGER, PRIMARY KEY (org, name))"
-            )
-        finally:
-            db.close()
-
-    def _db(self) -> sqlite3.Connection:
-        # One connection per thread and process: worker processes fork after start-up.
-        key = (os.getpid(), threading.get_ident())
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "key", None) != key:
-            db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-            self._local.db, self._local.key = db, key
-        return db
-
-    def get(self, org: int, name: str) -> int | None:
-        row = (
-            self._db()
-            .execute("SELECT job FROM lock_owner WHERE org = ? AND name = ?", (org, name))
-            .fetchone()
-        )
-        return int(row[0]) if row else None
-
-    def set(self, org: int, name: str, job: int) -> None:
-        self._db().execute(
-            "INSERT OR REPLACE INTO lock_owner (org, name, job) VALUES (?, ?, ?)",
-            (org, name, job),
-        )
-
-    def forget(self, org: int, name: str) -> None:
-        self._db().execute("DELETE FROM lock_owner WHERE org = ? AND name = ?", (org, name))
-
-
 class OrgBackends:
     """One backend per organization, opened on first use."""
 
-    def __init__(
-        self, factory: Callable[[int], Backend], lock_owner: LockOwners | None = None
-    ) -> None:
+    def __init__(self, factory: Callable[[int], Backend], ledger: NodeLedger | None = None) -> None:
         self._factory = factory
         self._open: dict[int, Backend] = {}
         self._lock = threading.Lock()
-        #: Which job wrote each lock object: a token may refresh or delete only its own job's
-        #: locks.
-        self.lock_owner: LockOwners = lock_owner or MemoryLockOwners()
+        #: Lock owners and grants (in memory unless given a file).
+        self.ledger = ledger or NodeLedger(None)
 
     def get(self, org: int) -> Backend:
         with self._lock:
@@ -160,13 +87,11 @@ def local_factory(root: Path) -> Callable[[int], Backend]:
 
 
 def local_node_app(data_dir: Path) -> FastAPI:
-    """A node serving DATA_DIR/orgs/<id>, with the cloud's token key (token.pub) and the lock
-    owners (lock-owners.sqlite) beside them."""
+    """A node serving DATA_DIR/orgs/<id>, with the cloud's token key (token.pub) and the
+    ledger (ledger.sqlite) beside them."""
     from rekindle.net.tokens import load_public
 
-    backends = OrgBackends(
-        local_factory(data_dir), SqliteLockOwners(data_dir / "lock-owners.sqlite")
-    )
+    backends = OrgBackends(local_factory(data_dir), NodeLedger(data_dir / "ledger.sqlite"))
     return create_app(backends, load_public((data_dir / "token.pub").read_bytes()))
 
 
@@ -193,7 +118,18 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
         return claims
 
     def check(claims: StorageClaims, op: Op, name: str) -> None:
-        if not allowed(claims, op, name):
+        def granted(pack: str) -> bool:
+            packs = backends.ledger.grant(claims.org, claims.grant)
+            if packs is None:
+                raise ScopeError(
+                    "this restore's grant is not known to the storage node (it expired or the "
+                    "node's ledger was lost): start the restore again"
+                )
+            return pack in packs
+
+        if not allowed(claims, op, name, granted):
+            if claims.access == "restore" and name.startswith(("data/", "tree/")):
+                raise ScopeError(f"{name} is not part of what this restore needs")
             raise ScopeError(f"a {claims.access} token may not {op} {name or 'objects'}")
 
     @app.get("/health")
@@ -270,20 +206,12 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
     ) -> Response:
         claims = claims_for(org, creds)
         check(claims, "replace" if replace else "write", check_name(name))
-        if int(request.headers.get("content-length") or 0) > MAX_OBJECT:
+        body = await _bounded_body(request)
+        if body is None:
             return fail(413, f"object larger than {MAX_OBJECT} bytes")
-        parts: list[bytes] = []
-        got = 0
-        async for piece in request.stream():  # bounded even without a Content-Length
-            got += len(piece)
-            if got > MAX_OBJECT:
-                return fail(413, f"object larger than {MAX_OBJECT} bytes")
-            parts.append(piece)
-        body = b"".join(parts)
-        del parts
         backend = backends.get(org)
         if name.startswith("locks/"):
-            owner = backends.lock_owner.get(org, name)
+            owner = backends.ledger.lock_owner(org, name)
             if replace and owner != claims.job and await run_in_threadpool(backend.exists, name):
                 raise ScopeError("a token may refresh only the locks its own job took")
         # Initialization only: a repository's config and keys are never replaced, and new
@@ -294,17 +222,45 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
             raise ScopeError("the repository is initialized; its keys cannot be changed")
         await run_in_threadpool(lambda: backend.write(name, body, exclusive=not replace))
         if name.startswith("locks/"):
-            backends.lock_owner.set(org, name, claims.job)  # only once the write succeeded
+            backends.ledger.set_lock_owner(org, name, claims.job)  # only once the write succeeded
+        return Response(status_code=201)
+
+    @app.put("/storage/v1/orgs/{org}/grants/{digest}", status_code=201)
+    async def register_grant(org: int, digest: str, request: Request, creds: Creds) -> Response:
+        claims = claims_for(org, creds)
+        if claims.access != "catalog":
+            raise ScopeError("only the cloud registers grants")
+        if not _DIGEST.match(digest):
+            raise UsageError("a grant digest is 64 lowercase hexadecimal digits")
+        body = await _bounded_body(request)
+        if body is None:
+            return fail(413, f"grant larger than {MAX_OBJECT} bytes")
+        await run_in_threadpool(backends.ledger.add_grant, org, digest, body)
         return Response(status_code=201)
 
     @app.delete("/storage/v1/orgs/{org}/objects/{name:path}", status_code=204)
     async def delete_object(org: int, name: str, creds: Creds) -> Response:
         claims = claims_for(org, creds)
         check(claims, "delete", check_name(name))
-        if backends.lock_owner.get(org, name) != claims.job:
+        if backends.ledger.lock_owner(org, name) != claims.job:
             raise ScopeError("a token may delete only the locks its own job took")
         await run_in_threadpool(backends.get(org).delete, name)
-        backends.lock_owner.forget(org, name)
+        backends.ledger.forget_lock(org, name)
         return Response(status_code=204)
 
     return app
+
+
+async def _bounded_body(request: Request) -> bytes | None:
+    """The request body, or None when it is larger than MAX_OBJECT (bounded even without a
+    Content-Length)."""
+    if int(request.headers.get("content-length") or 0) > MAX_OBJECT:
+        return None
+    parts: list[bytes] = []
+    got = 0
+    async for piece in request.stream():
+        got += len(piece)
+        if got > MAX_OBJECT:
+            return None
+        parts.append(piece)
+    return b"".join(parts)
