@@ -76,10 +76,17 @@ def test_scopes() -> None:
     assert not allowed(b, "list", "data/")
     assert not allowed(b, "delete", "snapshots/x")
     assert allowed(b, "read", "index/x") and allowed(b, "list", "index/")
-    assert allowed(r, "read", "tree/00/" + "00" * 32)
+    granted = "tree/00/" + "00" * 32
+    assert allowed(r, "read", granted, lambda name: name == granted)
+    assert not allowed(r, "read", "tree/11/" + "11" * 32, lambda name: name == granted)
+    assert not allowed(r, "read", granted)  # no grant, no packs
+    assert not allowed(r, "list", "data/", lambda _name: True)
     assert allowed(r, "read", "snapshots/" + "ab" * 32)
     assert not allowed(r, "read", "snapshots/" + "cd" * 32)
     assert not allowed(r, "write", "data/00/x") and not allowed(r, "delete", "data/00/x")
+    c = _claims(access="catalog")
+    assert allowed(c, "read", granted) and allowed(c, "list", "snapshots/")
+    assert not allowed(c, "write", "data/00/" + "00" * 32) and not allowed(c, "delete", "locks/x")
 
 
 def test_schedule_days_and_next_fire() -> None:
