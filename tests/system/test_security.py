@@ -159,6 +159,10 @@ def test_a_backup_token_cannot_read_list_or_delete_data(product: Product, enroll
         assert c.delete(f"/1/objects/{pack}").status_code == 403
         assert c.put(f"/1/objects/{pack}?replace=1", content=b"x").status_code == 403
         assert c.put("/1/objects/config", content=b"x").status_code == 403  # no re-keying
+        # nor read or list restore points: the cloud names the parent in the job
+        snap = _objects(product, "snapshots")[0]
+        assert c.get(f"/1/objects/{snap}").status_code == 403
+        assert c.get("/1/objects", params={"prefix": "snapshots/"}).status_code == 403
         # what it may do: see which chunks exist (index) and add data
         assert c.get("/1/objects", params={"prefix": "index/"}).status_code == 200
     with _storage(product, _token(product, access="restore", snapshot="00" * 32)) as c:
@@ -174,7 +178,7 @@ def test_a_restore_token_reads_only_the_packs_its_restore_needs(
     """The cloud plans each restore and registers its grant with the node; the agent's token
     reads those packs and no others, and only the cloud can register a grant."""
     del enrolled
-    first_packs = set(_packs(product, "data"))
+    first_packs = set(_objects(product, "data"))
     first_rp = product.admin_json("restore-points", "--server", str(product.servers["sec"]))[0]
     (product.root / "src-sec" / "later.bin").write_bytes(os.urandom(300_000))
     product.start_agent("sec")
@@ -183,7 +187,7 @@ def test_a_restore_token_reads_only_the_packs_its_restore_needs(
         assert product.backup_now("sec")["state"] == "succeeded"
     finally:
         product.stop("agent-sec")
-    later_packs = set(_packs(product, "data")) - first_packs
+    later_packs = set(_objects(product, "data")) - first_packs
     assert first_packs and later_packs
 
     # A path the restore point does not hold is refused before anything is queued.
@@ -217,7 +221,7 @@ def test_a_restore_token_reads_only_the_packs_its_restore_needs(
         assert r.status_code == 403 and "start the restore again" in r.json()["detail"]
 
 
-def _packs(product: Product, kind: str) -> list[str]:
+def _objects(product: Product, kind: str) -> list[str]:
     root = product.root / "storage" / "orgs" / "1"
     return [str(p.relative_to(root)) for p in (root / kind).rglob("*") if p.is_file()]
 

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 ProgressSink = Callable[[p.Progress], bool]  # returns True when the job should stop
 PROGRESS_EVERY_S = 2.0
+#: How often the reporter looks whether the estimate is ready, until it is.
+ESTIMATE_CHECK_S = 0.1
 
 
 @dataclass
@@ -66,10 +68,21 @@ def open_repository(job: p.JobAssignment, state: AgentState, *, create: bool) ->
 
 
 class _Reporter:
-    """Sends progress every few seconds from a side thread; remembers a cancel request."""
+    """Sends progress every few seconds from a side thread; remembers a cancel request.
 
-    def __init__(self, sink: ProgressSink, make: Callable[[], p.Progress]) -> None:
+    When `estimated()` turns true (the backup's scan has counted what there is to do), the
+    estimate goes out at once rather than at the next tick."""
+
+    def __init__(
+        self,
+        sink: ProgressSink,
+        make: Callable[[], p.Progress],
+        estimated: Callable[[], bool] | None = None,
+    ) -> None:
         self.sink, self.make = sink, make
+        self.estimated = estimated
+        #: The first progress that carried an estimate (for the job log).
+        self.first_estimate: p.Progress | None = None
         self.cancel = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
@@ -83,9 +96,20 @@ class _Reporter:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(PROGRESS_EVERY_S):
+        waiting = self.estimated is not None
+        last = time.monotonic()
+        while not self._stop.wait(ESTIMATE_CHECK_S if waiting else PROGRESS_EVERY_S):
+            now = time.monotonic()
+            fresh = waiting and self.estimated is not None and self.estimated()
+            if not fresh and waiting and now - last < PROGRESS_EVERY_S:
+                continue
+            last = now
             try:
-                if self.sink(self.make()):
+                progress = self.make()
+                if fresh:
+                    waiting = False
+                    self.first_estimate = progress
+                if self.sink(progress):
                     self.cancel.set()
             except Exception as e:  # noqa: BLE001 - progress is best effort; the job goes on
                 log.warning("could not report progress: %s", e)
@@ -116,7 +140,7 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
             eta_s=eta,
         )
 
-    reporter = _Reporter(sink, progress)
+    reporter = _Reporter(sink, progress, lambda: stats.scan_done)
     window_end = spec.window_end
 
     def should_stop() -> bool:
@@ -134,6 +158,7 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
             # The cloud shows an estimate: count the files ahead of reading them.
             estimate=True,
             should_stop=should_stop,
+            parent=spec.parent,
         )
         with reporter, freeze(list(spec.include)) as frozen:
             opts.read_from = frozen.read_from
@@ -154,6 +179,14 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
     missed = [p.MissedFile(path=path, reason=reason) for path, reason in stats.missed]
     changed = stats.changed_while_read
     log_lines = [*notes, *(f"file changed while read: {c}" for c in changed[:100])]
+    est = reporter.first_estimate
+    if est is not None:
+        eta = f", about {est.eta_s:.0f} s to go" if est.eta_s is not None else ""
+        log_lines.insert(
+            0,
+            f"estimate after {est.files_done} files: {est.files_total} files, "
+            f"{est.bytes_total} bytes{eta}",
+        )
     return p.JobResult(
         state="partial" if missed else "succeeded",
         snapshot_id=snap.id,

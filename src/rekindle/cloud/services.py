@@ -909,6 +909,18 @@ class CloudServices:
             raise PlanningError("this cloud has no access to storage nodes to plan restores")
         return self.catalog.plan_restore(storage_url, org_id, repo_key, snapshot, include)
 
+    @staticmethod
+    def _parent_of(s: Session, job: Job) -> str | None:
+        return s.scalar(
+            select(RestorePoint.snapshot_id)
+            .where(
+                RestorePoint.server_id == job.server_id,
+                RestorePoint.backup_set_id == job.backup_set_id,
+            )
+            .order_by(RestorePoint.time.desc(), RestorePoint.id.desc())
+            .limit(1)
+        )
+
     def claim_job(self, server_id: int) -> p.JobAssignment | None:
         """Hand the oldest runnable queued job of this server to its agent."""
         now = self.now()
@@ -951,6 +963,9 @@ class CloudServices:
         policy = s.get(BackupPolicy, group.policy_id) if group.policy_id else None
         now = int(self.now().timestamp())
         restoring = job.kind == "restore"
+        # A backup continues the newest restore point of this server's backup set in the
+        # catalog (none for the first, which is full); the agent need not read any.
+        parent = None if restoring else self._parent_of(s, job)
         claims = tokens.StorageClaims(
             org=job.org_id,
             server=server.id,
@@ -979,6 +994,7 @@ class CloudServices:
                 include=list(bs.include),
                 exclude=list(bs.exclude),
                 window_end=job.window_end,
+                parent=parent,
             )
         else:
             prm = job.params

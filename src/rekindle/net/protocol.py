@@ -51,6 +51,9 @@ class BackupSpec(BaseModel):
     exclude: list[str]
     #: When the policy's window closes; None when the policy has no window.
     window_end: datetime | None = None
+    #: The restore point this backup continues (the newest of this backup set); None for the
+    #: first. The agent records it without reading it: backup tokens read no restore point.
+    parent: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class RestoreSpec(BaseModel):

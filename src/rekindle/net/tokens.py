@@ -13,7 +13,8 @@ Claims (all required):
 | ``job`` | the job the token was issued for |
 | ``access`` | ``backup`` (add data, see what exists), ``restore`` (read what one restore \
 needs) or ``catalog`` (the cloud's own: read everything, register grants) |
-| ``snapshot`` | for ``restore``: the one restore point it may read; else empty |
+| ``snapshot`` | for ``restore``: the one restore point it may read; else empty (a backup \
+reads no restore point) |
 | ``grant`` | for ``restore``: SHA-256 (hex) of the grant, the list of packs the restore \
 needs, which the cloud registered with the node; else empty |
 | ``iat``, ``exp`` | issued at and expiry, Unix seconds |

@@ -51,6 +51,9 @@ MAX_INFLIGHT_FILES = 4096  # finalize finished directories beyond this many queu
 MAX_QUEUED_DIRS = 256  # ... or beyond this many walked directories (bounds memory)
 
 
+FIND_PARENT = "find"
+
+
 @dataclass
 class BackupOptions:
     paths: list[str]
@@ -70,6 +73,10 @@ class BackupOptions:
     #: Read a backup path's content from another directory (a filesystem snapshot of it),
     #: while the restore point records the path as given: {path as given: where to read}.
     read_from: dict[str, str] = field(default_factory=dict)
+    #: The parent restore point to record: FIND_PARENT looks for the newest of this host and
+    #: these paths (reads every restore point); a caller that knows it (the cloud's catalog)
+    #: gives its id, or None for a first backup.
+    parent: str | None = FIND_PARENT
 
 
 class BackupStopped(RekindleError):  # noqa: N818 - a stop on request, not a failure
@@ -588,7 +595,10 @@ class Archiver:
 
     def _backup_layout(self, layout: PathLayout, recorded: list[bytes]) -> list[bytes]:
         self._started_at = self.repo.clock.now()
-        self._parent = self._find_parent(recorded)
+        if self.opts.parent == FIND_PARENT:
+            self._parent = self._find_parent(recorded)
+        else:
+            self._parent = self.opts.parent
         if layout.root_dir is not None:
             self._root_dev = os.lstat(layout.root_dir).st_dev
             self._walk_dir(layout.root_dir, "", None)

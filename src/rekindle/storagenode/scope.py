@@ -4,7 +4,9 @@ The agent encrypts everything before upload, so the node protects availability a
 confidentiality of the structure, not of contents:
 
 - a backup token can add objects and learn which chunks exist (by reading the index), but
-  cannot read a pack, delete anything but the locks its own job took, or replace an object;
+  cannot read a pack, read or list restore points (the cloud tells the agent which restore
+  point its backup continues), delete anything but the locks its own job took, or replace
+  an object;
 - a restore token reads the config, keys and index, the one restore point it was issued for,
   and only the packs of its grant: the list the cloud worked out from that restore point and
   the paths chosen (the tree packs of the restore point, the data packs of the chosen files);
@@ -40,8 +42,10 @@ def allowed(
     if claims.access == "catalog":
         return op in ("read", "list")
     if claims.access == "backup":
+        if name.startswith("snapshots/"):  # writes new ones; the cloud names its parent
+            return op == "write"
         if op in ("read", "list"):
-            return name == "config" or name.startswith((*_METADATA, "snapshots/"))
+            return name == "config" or name.startswith(_METADATA)
         if op == "write":
             return name == "config" or name.startswith(
                 ("keys/", "data/", "tree/", "index/", "snapshots/", "locks/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,9 +72,11 @@ def test_the_bandwidth_cap_holds_and_the_estimate_is_reported(
 ) -> None:
     src = _source(tmp_path / "src", 3, 4 * MIB)
     seen: list[p.Progress] = []
+    when: list[float] = []
 
     def sink(progress: p.Progress) -> bool:
         seen.append(progress)
+        when.append(time.monotonic())
         return False
 
     began = time.monotonic()
@@ -83,10 +86,11 @@ def test_the_bandwidth_cap_holds_and_the_estimate_is_reported(
     assert result.bytes_added > 12 * MIB  # random data: all of it goes up
     # 2 MiB/s with at most one second of burst: at least (12 - 2) / 2 seconds
     assert took >= 4.5, took
-    with_estimate = [s for s in seen if s.eta_s is not None]
-    assert with_estimate, seen
-    assert with_estimate[0].bytes_total == 12 * MIB
-    assert with_estimate[0].files_total == 3
+    # the estimate goes out as soon as the scan has counted the files, long before the end
+    assert seen and seen[0].files_total == 3 and seen[0].bytes_total == 12 * MIB, seen
+    assert when[0] - began < 1.5 < took - 3  # the upload had hardly begun
+    assert any(s.eta_s is not None for s in seen), seen
+    assert re.match(r"estimate after \d files: 3 files, 12582912 bytes", result.log[0])
 
 
 def test_a_backup_stops_when_its_window_closes_and_the_next_run_continues(

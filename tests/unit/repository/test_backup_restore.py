@@ -495,3 +495,20 @@ def test_a_stopped_backup_indexes_what_it_stored_and_the_next_run_reuses_it(
         assert full.stats.bytes_added <= 40 * 100_000 - stored + 64 * 1024
         restore(repo, full.snapshot, tmp_path / "out")
     assert tree_differences(src, tmp_path / "out") == []
+
+
+def test_the_parent_is_found_or_taken_as_given(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    repo = make_repo(MemoryBackend(), tmp_path / "cache")
+    with repo:
+        first = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+        found = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+        # the cloud knows the parent: the engine records it without reading restore points
+        given = backup(repo, BackupOptions(paths=["."], cwd=str(src), parent=first.id)).snapshot
+        none = backup(repo, BackupOptions(paths=["."], cwd=str(src), parent=None)).snapshot
+    assert first.parent is None
+    assert found.parent == first.id
+    assert given.parent == first.id
+    assert none.parent is None
