@@ -8,6 +8,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -77,6 +78,7 @@ def test_full_then_incremental_backup(product: Product) -> None:
     product.admin("backup-set-add", str(product.servers["alpha"]), "files", "--include", str(src))
     first = product.backup_now("alpha")
     assert first["state"] == "succeeded", first
+    assert re.search(r"estimate after \d+ files: \d+ files, \d+ bytes", first["log"]), first
     (src / "docs" / "note-3.txt").write_text("changed\n")
     (src / "new.txt").write_text("new file\n")
     second = product.backup_now("alpha")

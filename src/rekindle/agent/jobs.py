@@ -94,6 +94,9 @@ class _Reporter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        # A backup over before the first check still logs what the scan counted.
+        if self.first_estimate is None and self.estimated is not None and self.estimated():
+            self.first_estimate = self.make()
 
     def _run(self) -> None:
         waiting = self.estimated is not None
