@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -158,13 +159,17 @@ class Product:
         return self.wait_job(job["id"])
 
 
-@pytest.fixture(scope="module")
-def product() -> Iterator[Product]:
+@contextlib.contextmanager
+def installation(
+    storage_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+) -> Iterator[Product]:
+    """Cloud and storage node started, the first admin logged in; stopped and removed after."""
     root = Path(tempfile.mkdtemp(prefix="rekindle-sys-"))
     cport, sport = _free_port(), _free_port()
     cloud_url, storage_url = f"https://127.0.0.1:{cport}", f"https://127.0.0.1:{sport}"
     env = {
         **os.environ,
+        **(extra_env or {}),
         "REKINDLE_ADMIN_CONFIG": str(root / "admin.json"),
         "REKINDLE_CLOUD_SCHEDULER_INTERVAL_S": "1",
         "REKINDLE_CACHE_DIR": str(root / "cache"),
@@ -201,7 +206,14 @@ def product() -> Iterator[Product]:
         )
         _wait_healthy(cloud_url, prod.ca, cloud, root / "cloud.log")
         storage = prod.start(
-            "storage", "storage", "serve", "--data-dir", str(root / "storage"), "--port", str(sport)
+            "storage",
+            "storage",
+            "serve",
+            "--data-dir",
+            str(root / "storage"),
+            "--port",
+            str(sport),
+            *storage_args,
         )
         _wait_healthy(storage_url, prod.ca, storage, root / "storage.log")
         prod.admin(
@@ -218,6 +230,12 @@ def product() -> Iterator[Product]:
         for name in list(prod.procs):
             prod.stop(name)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def product() -> Iterator[Product]:
+    with installation() as prod:
+        yield prod
 
 
 def next_minute() -> str:

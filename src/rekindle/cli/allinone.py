@@ -62,7 +62,7 @@ def allinone(
     from rekindle.cloud.settings import CloudSettings
     from rekindle.net.pki import write_private
     from rekindle.net.tlsserver import make_server
-    from rekindle.storagenode.app import local_node_app
+    from rekindle.storagenode.app import node_app
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     var = var.resolve()
@@ -92,7 +92,7 @@ def allinone(
         client_ca=state.ca_file,
     )
     storage = make_server(
-        local_node_app(storage_dir),
+        node_app(storage_dir),
         host=host,
         port=storage_port,
         certfile=storage_dir / "tls.pem",

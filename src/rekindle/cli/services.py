@@ -155,12 +155,20 @@ def storage_serve(
     data_dir: DataDir = Path("var/storage"),
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8444,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            envvar="REKINDLE_STORAGE_BACKEND",
+            help="Keep the repositories on S3 instead: s3://BUCKET[/PREFIX] (AWS_* variables).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Serve repositories under DATA_DIR/orgs over HTTPS. DATA_DIR must hold tls.pem,
-    tls.key and token.pub (`rekindle cloud storage-credentials`)."""
+    """Serve each organization's repository over HTTPS: under DATA_DIR/orgs, or under
+    BACKEND/orgs on S3. DATA_DIR must hold tls.pem, tls.key and token.pub (`rekindle cloud
+    storage-credentials`); the node keeps its ledger (lock owners, restore grants) there."""
     from rekindle.net.tlsserver import make_server
-    from rekindle.storagenode.app import local_node_app
+    from rekindle.storagenode.app import node_app
 
     _logging(verbose)
     for f in ("tls.pem", "tls.key", "token.pub"):
@@ -169,13 +177,18 @@ def storage_serve(
                 f"{data_dir / f} is missing: run 'rekindle cloud storage-credentials' first"
             )
     server = make_server(
-        local_node_app(data_dir),
+        node_app(data_dir, backend),
         host=host,
         port=port,
         certfile=data_dir / "tls.pem",
         keyfile=data_dir / "tls.key",
     )
-    logging.getLogger(__name__).info("storage node listening on https://%s:%d", host, port)
+    logging.getLogger(__name__).info(
+        "storage node listening on https://%s:%d, repositories in %s",
+        host,
+        port,
+        f"{backend}/orgs" if backend else data_dir / "orgs",
+    )
     server.run()
 
 

@@ -86,12 +86,28 @@ def local_factory(root: Path) -> Callable[[int], Backend]:
     return make
 
 
-def local_node_app(data_dir: Path) -> FastAPI:
-    """A node serving DATA_DIR/orgs/<id>, with the cloud's token key (token.pub) and the
-    ledger (ledger.sqlite) beside them."""
+def s3_factory(location: str) -> Callable[[int], Backend]:
+    """Each organization under LOCATION/orgs/<id> (``s3://bucket[/prefix]``), with retries;
+    credentials and endpoint come from the usual AWS_* environment."""
+    from rekindle.store.location import open_backend
+
+    if not location.startswith("s3://"):
+        raise UsageError(f"a storage backend is s3://BUCKET[/PREFIX], not {location!r}")
+    base = location.rstrip("/")
+
+    def make(org: int) -> Backend:
+        return open_backend(f"{base}/orgs/{int(org)}")
+
+    return make
+
+
+def node_app(data_dir: Path, backend: str | None = None) -> FastAPI:
+    """A node serving DATA_DIR/orgs/<id> (or BACKEND/orgs/<id> on S3), with the cloud's token
+    key (token.pub) and the ledger (ledger.sqlite) in DATA_DIR."""
     from rekindle.net.tokens import load_public
 
-    backends = OrgBackends(local_factory(data_dir), NodeLedger(data_dir / "ledger.sqlite"))
+    factory = s3_factory(backend) if backend else local_factory(data_dir)
+    backends = OrgBackends(factory, NodeLedger(data_dir / "ledger.sqlite"))
     return create_app(backends, load_public((data_dir / "token.pub").read_bytes()))
 
 
