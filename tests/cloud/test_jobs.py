@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rekindle.core.errors import UsageError
 from rekindle.net import protocol as p
 from rekindle.net import tokens
 from tests.cloud.conftest import Cloud
@@ -263,3 +264,21 @@ def test_a_scheduled_job_not_taken_before_its_window_closed_is_skipped(cloud: Cl
     (job,) = cloud.svc.list_jobs(cloud.admin)
     assert job.state == "skipped"
     assert "window closed" in (job.error or "")
+
+
+def test_a_group_on_another_storage_sends_its_agents_there(cloud: Cloud) -> None:
+    from rekindle.cloud.services import ConflictError
+
+    site_b = cloud.svc.add_storage("site-b", "https://node-b.example:8444/")
+    with pytest.raises(ConflictError):
+        cloud.svc.add_storage("site-b", "https://other:8444")
+    with pytest.raises(UsageError):
+        cloud.svc.add_storage("plain", "http://node-c:8444")
+    assert [s.name for s in cloud.svc.list_storages(cloud.admin)] == ["default", "site-b"]
+    group = cloud.svc.create_group(cloud.admin, "branch", None, site_b.id)
+    server = cloud.enroll("branch1", group.id)
+    _backup_set(cloud, server)
+    cloud.svc.backup_now(cloud.admin, server, None)
+    cloud.connect(server)
+    job = cloud.svc.claim_job(server)
+    assert job is not None and job.storage_url == "https://node-b.example:8444"

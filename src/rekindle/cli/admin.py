@@ -187,6 +187,12 @@ def server_enable(server_id: int, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def storages(as_json: JsonOpt = False) -> None:
+    """List the storage nodes a server group can use."""
+    show(call("GET", "/storages"), as_json, ["id", "name", "url"])
+
+
+@app.command()
 def groups(as_json: JsonOpt = False) -> None:
     """List server groups."""
     show(call("GET", "/groups"), as_json, ["id", "name", "policy_id", "storage_id"])

@@ -128,6 +128,23 @@ def cloud_add_org(
     sys.stdout.write(f"organization {org_id} '{name}': admin {admin_email} password {password}\n")
 
 
+@cloud_app.command("add-storage")
+def cloud_add_storage(
+    name: str,
+    url: Annotated[str, typer.Argument(help="Where agents reach the node: https://HOST:PORT")],
+    data_dir: DataDir = Path("var/cloud"),
+    database_url: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Register another storage node; admins then pick it for a server group
+    (`rekindle admin group-add NAME --storage ID`)."""
+    from rekindle.cloud.app import prepare
+    from rekindle.cloud.settings import CloudSettings
+
+    state = prepare(CloudSettings(data_dir=data_dir, database_url=database_url))
+    storage = state.services.add_storage(name, url)
+    sys.stdout.write(f"storage {storage.id} '{name}' at {storage.url}\n")
+
+
 @cloud_app.command("storage-credentials")
 def cloud_storage_credentials(
     out: Annotated[Path, typer.Option(help="The storage node's data directory.")],

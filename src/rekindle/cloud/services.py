@@ -359,6 +359,19 @@ class CloudServices:
             return list(s.scalars(select(Admin).where(Admin.org_id == actor.org_id)).all())
 
     # -- groups, policies, storages -----------------------------------------------------------
+    def add_storage(self, name: str, url: str) -> Storage:
+        """Register a storage node (an operator's action: storages serve every organization).
+        Its TLS certificate must come from this cloud's CA (`storage-credentials`)."""
+        if not url.startswith("https://") or len(url) > 500:
+            raise UsageError("a storage node's URL is https://HOST:PORT")
+        with self.db.session() as s:
+            if s.scalar(select(Storage).where(Storage.name == name)):
+                raise ConflictError(f"a storage named {name!r} exists")
+            storage = Storage(name=name, url=url.rstrip("/"))
+            s.add(storage)
+            s.flush()
+            return storage
+
     def list_storages(self, actor: Actor) -> list[Storage]:
         del actor
         with self.db.session() as s:
