@@ -50,6 +50,7 @@ class Product:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     servers: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, tuple[tuple[str, ...], list[str] | None]] = field(default_factory=dict)
 
     def start(
         self, name: str, *args: str, prefix: list[str] | None = None
@@ -64,7 +65,14 @@ class Product:
                 start_new_session=True,
             )
         self.procs[name] = proc
+        self.commands[name] = (args, prefix)
         return proc
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Stop a process (SIGTERM) and start it again with the same command."""
+        self.stop(name)
+        args, prefix = self.commands[name]
+        return self.start(name, *args, prefix=prefix)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name)
