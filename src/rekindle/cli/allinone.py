@@ -100,7 +100,8 @@ def allinone(
     )
     _start(cloud, "cloud")
     _start(storage, "storage node")
-    out.print(f"cloud        {cloud_url}  (OpenAPI: {cloud_url}/docs)")
+    out.print(f"console      {cloud_url}/ui/  (log in as admin@localhost)")
+    out.print(f"cloud API    {cloud_url}/api/v1  (OpenAPI: {cloud_url}/docs)")
     out.print(f"storage node {storage_url}  (data in {storage_dir / 'orgs'})")
 
     admin = svc.list_admins_by_email("admin@localhost")

@@ -20,6 +20,7 @@ from rekindle.cloud.db import Database
 from rekindle.cloud.security import KeyEncryptionKey
 from rekindle.cloud.services import CloudServices
 from rekindle.cloud.settings import CloudSettings
+from rekindle.cloud.web.routes import install_console
 from rekindle.core.clock import Clock, SystemClock
 from rekindle.net import tokens
 from rekindle.net.pki import CertificateAuthority, ensure_server_cert, fingerprint
@@ -100,6 +101,7 @@ def create_app(state: CloudState, *, run_scheduler: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(admin_router())
     app.include_router(agent_router())
+    install_console(app)
 
     @app.get("/health", tags=["meta"])
     async def health() -> dict[str, str]:

@@ -1045,6 +1045,15 @@ class CloudServices:
             job.finished = self.now()
             job.error = res.error
             job.snapshot_id = res.snapshot_id
+            # The final counts, so the job shows what it did even when it ended before its
+            # first progress report; the estimate and rate stay as last reported.
+            job.progress = {
+                **(job.progress or {}),
+                "phase": "done",
+                "files_done": res.files,
+                "bytes_done": res.bytes,
+                "eta_s": None,
+            }
             if res.log:
                 job.log = (job.log + "".join(line + "\n" for line in res.log))[-200_000:]
             for m in res.missed:

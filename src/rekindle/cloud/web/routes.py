@@ -1,0 +1,234 @@
+"""Console routes under /ui. Each handler authenticates the session, calls CloudServices
+(in a worker thread: they use the database) and renders a template."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from rekindle import __version__
+from rekindle.cloud.security import AuthError, ForbiddenError
+from rekindle.cloud.services import Actor, CloudServices, ConflictError, NotFoundError
+from rekindle.cloud.web import session as sess
+from rekindle.cloud.web.views import dashboard_view, human_bytes, human_time, job_view
+from rekindle.core.errors import RekindleError
+
+_HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(_HERE / "templates"))
+templates.env.filters["bytes"] = human_bytes
+templates.env.filters["when"] = human_time
+templates.env.globals["version"] = __version__
+
+
+@dataclass
+class Page:
+    """Who is looking, and what every page template needs."""
+
+    actor: Actor
+    token: str
+    csrf: str
+    svc: CloudServices
+
+
+class LoginRequiredError(Exception):
+    pass
+
+
+def _svc(request: Request) -> CloudServices:
+    svc: CloudServices = request.app.state.services
+    return svc
+
+
+async def _page(request: Request) -> Page:
+    token = request.cookies.get(sess.SESSION_COOKIE)
+    if not token:
+        raise LoginRequiredError
+    svc = _svc(request)
+    try:
+        actor = await run_in_threadpool(svc.authenticate, token)
+    except AuthError:
+        raise LoginRequiredError from None
+    return Page(actor, token, sess.csrf_for(token), svc)
+
+
+def _render(request: Request, page: Page | None, name: str, **ctx: Any) -> HTMLResponse:
+    ctx.setdefault("error", None)
+    ctx.setdefault("notice", request.query_params.get("notice"))
+    if page is not None:
+        ctx.update(me=page.actor, csrf=page.csrf)
+    return templates.TemplateResponse(request, name, ctx)
+
+
+def console_router() -> APIRouter:
+    r = APIRouter(prefix="/ui", include_in_schema=False)
+
+    @r.get("/login", response_class=HTMLResponse)
+    async def login_form(request: Request) -> Response:
+        token = sess.new_login_csrf()
+        resp = _render(request, None, "login.html", csrf=token, email="")
+        sess.set_cookie(resp, sess.LOGIN_CSRF_COOKIE, token)
+        return resp
+
+    @r.post("/login")
+    async def login(
+        request: Request,
+        email: Annotated[str, Form(max_length=320)],
+        password: Annotated[str, Form(max_length=1000)],
+        csrf: Annotated[str, Form(max_length=200)] = "",
+    ) -> Response:
+        expected = request.cookies.get(sess.LOGIN_CSRF_COOKIE, "")
+        if not expected or csrf != expected:
+            return await login_form(request)
+        svc = _svc(request)
+        try:
+            token = await run_in_threadpool(svc.login, email.strip(), password)
+        except AuthError as e:
+            failed = _render(request, None, "login.html", csrf=expected, email=email, error=str(e))
+            failed.status_code = 401
+            return failed
+        done = RedirectResponse("/ui/", status_code=303)
+        sess.set_cookie(done, sess.SESSION_COOKIE, token)
+        sess.clear_cookie(done, sess.LOGIN_CSRF_COOKIE)
+        return done
+
+    @r.post("/logout")
+    async def logout(request: Request) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        await run_in_threadpool(page.svc.logout, page.token)
+        resp = RedirectResponse("/ui/login", status_code=303)
+        sess.clear_cookie(resp, sess.SESSION_COOKIE)
+        return resp
+
+    @r.get("/", response_class=HTMLResponse)
+    async def dashboard(request: Request) -> Response:
+        page = await _page(request)
+        view = await run_in_threadpool(dashboard_view, page.svc, page.actor)
+        return _render(request, page, "dashboard.html", view=view, title="Dashboard")
+
+    @r.get("/running", response_class=HTMLResponse)
+    async def running(request: Request) -> Response:
+        """The running-jobs panel alone: htmx swaps it in every 2 seconds."""
+        page = await _page(request)
+        view = await run_in_threadpool(dashboard_view, page.svc, page.actor)
+        return _render(request, page, "_running.html", view=view)
+
+    @r.get("/servers", response_class=HTMLResponse)
+    async def servers(request: Request, group: int | None = None, q: str = "") -> Response:
+        page = await _page(request)
+
+        def load() -> tuple[list[Any], list[Any]]:
+            rows = page.svc.list_servers(page.actor, group)
+            needle = q.strip().lower()
+            rows = [s for s in rows if needle in s.hostname.lower()] if needle else rows
+            shown = [(s, page.svc.is_connected(s)) for s in rows]
+            return shown, page.svc.list_groups(page.actor)
+
+        shown, groups = await run_in_threadpool(load)
+        return _render(
+            request,
+            page,
+            "servers.html",
+            servers=shown,
+            groups=groups,
+            group=group,
+            q=q,
+            title="Servers",
+        )
+
+    @r.post("/servers/{server_id}/backup-now")
+    async def backup_now(request: Request, server_id: int) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        job = await _act(request, page, lambda: page.svc.backup_now(page.actor, server_id, None))
+        return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
+
+    @r.get("/jobs", response_class=HTMLResponse)
+    async def jobs(request: Request, state: str | None = None) -> Response:
+        page = await _page(request)
+        rows = await run_in_threadpool(page.svc.list_jobs, page.actor, None, state or None)
+        return _render(
+            request,
+            page,
+            "jobs.html",
+            jobs=[job_view(j) for j in rows],
+            state=state,
+            title="Jobs",
+        )
+
+    @r.get("/jobs/{job_id}", response_class=HTMLResponse)
+    async def job(request: Request, job_id: int) -> Response:
+        page = await _page(request)
+        row, missed = await _act(request, page, lambda: page.svc.get_job(page.actor, job_id))
+        name = "_job.html" if request.headers.get("HX-Request") else "job.html"
+        return _render(request, page, name, job=job_view(row), missed=missed, title=f"Job {job_id}")
+
+    @r.post("/jobs/{job_id}/cancel")
+    async def cancel(request: Request, job_id: int) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        await _act(request, page, lambda: page.svc.cancel_job(page.actor, job_id))
+        return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+    return r
+
+
+def install_console(app: FastAPI) -> None:
+    app.mount("/ui/static", StaticFiles(directory=str(_HERE / "static")), name="ui-static")
+    app.include_router(console_router())
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return RedirectResponse("/ui/", status_code=307)
+
+    handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[Response]]] = {}
+
+    async def to_login(request: Request, _exc: Any) -> Response:
+        return RedirectResponse("/ui/login", status_code=303)
+
+    async def csrf_failed(request: Request, exc: Any) -> Response:
+        return HTMLResponse(f"<p>{exc}</p>", status_code=403)
+
+    handlers[LoginRequiredError] = to_login
+    handlers[sess.CsrfError] = csrf_failed
+
+    async def page_error(request: Request, exc: Any) -> Response:
+        resp = _render(request, None, "error.html", message=str(exc), title="Not done")
+        resp.status_code = exc.status
+        return resp
+
+    handlers[PageError] = page_error
+    for cls, handler in handlers.items():
+        app.add_exception_handler(cls, handler)
+
+
+async def _act(request: Request, page: Page, fn: Callable[[], Any]) -> Any:
+    """Run a service call for a page; a refusal (role, conflict, bad input) becomes an error
+    page with the service's own message instead of the API's JSON."""
+    try:
+        return await run_in_threadpool(fn)
+    except (ForbiddenError, NotFoundError, ConflictError, RekindleError) as e:
+        status = (
+            403
+            if isinstance(e, ForbiddenError)
+            else 404
+            if isinstance(e, NotFoundError)
+            else 409
+            if isinstance(e, ConflictError)
+            else 422
+        )
+        raise PageError(status, str(e)) from e
+
+
+class PageError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

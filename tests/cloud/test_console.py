@@ -1,0 +1,99 @@
+"""The console's security rules, on SQLite and PostgreSQL: session cookies, CSRF on every
+change, roles as in the API, and pages that need a session send the browser to log in."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rekindle.cloud.app import create_app
+from tests.cloud.conftest import Cloud
+
+
+@pytest.fixture
+def browser(cloud: Cloud) -> Iterator[TestClient]:
+    app = create_app(cloud.state, run_scheduler=False)
+    with TestClient(app, base_url="https://cloud.test", follow_redirects=False) as client:
+        yield client
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m is not None, html
+    return m.group(1)
+
+
+def _login(client: TestClient, email: str, password: str) -> str:
+    form = client.get("/ui/login")
+    r = client.post(
+        "/ui/login", data={"email": email, "password": password, "csrf": _csrf(form.text)}
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/ui/", r.text
+    return _csrf(client.get("/ui/").text)
+
+
+def test_pages_need_a_session_and_the_cookie_is_locked_down(
+    browser: TestClient, cloud: Cloud
+) -> None:
+    for path in ("/ui/", "/ui/servers", "/ui/jobs", "/ui/jobs/1"):
+        r = browser.get(path)
+        assert r.status_code == 303 and r.headers["location"] == "/ui/login", path
+    form = browser.get("/ui/login")
+    bad = browser.post(
+        "/ui/login",
+        data={"email": "admin@acme.test", "password": "nope", "csrf": _csrf(form.text)},
+    )
+    assert bad.status_code == 401 and "wrong email or password" in bad.text
+    # a login form posted without the token from its own page is not accepted
+    forged = browser.post(
+        "/ui/login", data={"email": "admin@acme.test", "password": cloud.password, "csrf": "x"}
+    )
+    assert "rk_session" not in forged.headers.get("set-cookie", "")
+    form = browser.get("/ui/login")
+    r = browser.post(
+        "/ui/login",
+        data={"email": "admin@acme.test", "password": cloud.password, "csrf": _csrf(form.text)},
+    )
+    cookie = r.headers["set-cookie"]
+    for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/ui"):
+        assert flag in cookie, cookie
+    assert browser.get("/ui/").status_code == 200
+
+
+def test_every_change_needs_the_csrf_token(browser: TestClient, cloud: Cloud) -> None:
+    server = cloud.enroll()
+    cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], [])
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    r = browser.post(f"/ui/servers/{server}/backup-now")
+    assert r.status_code == 403 and "security token" in r.text
+    r = browser.post(f"/ui/servers/{server}/backup-now", data={"csrf": "0" * 64})
+    assert r.status_code == 403
+    assert cloud.svc.list_jobs(cloud.admin) == []
+    r = browser.post(f"/ui/servers/{server}/backup-now", data={"csrf": csrf})
+    assert r.status_code == 303
+    (job,) = cloud.svc.list_jobs(cloud.admin)
+    assert r.headers["location"] == f"/ui/jobs/{job.id}"
+    page = browser.get(f"/ui/jobs/{job.id}")
+    assert page.status_code == 200 and "queued" in page.text
+    # htmx sends the token as a header
+    r = browser.post(f"/ui/jobs/{job.id}/cancel", headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 303
+    assert cloud.svc.get_job(cloud.admin, job.id)[0].state == "cancelled"
+    r = browser.post("/ui/logout", data={"csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    assert browser.get("/ui/").status_code == 303  # the session is gone on the server too
+
+
+def test_a_read_only_admin_sees_but_cannot_act(browser: TestClient, cloud: Cloud) -> None:
+    server = cloud.enroll()
+    cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], [])
+    _id, password = cloud.svc.create_admin(cloud.admin, "ro@acme.test", "read_only", [])
+    csrf = _login(browser, "ro@acme.test", password)
+    page = browser.get("/ui/servers")
+    assert page.status_code == 200 and "web1" in page.text
+    r = browser.post(f"/ui/servers/{server}/backup-now", data={"csrf": csrf})
+    assert r.status_code == 403 and "read-only" in r.text.lower()
+    assert cloud.svc.list_jobs(cloud.admin) == []

@@ -1,0 +1,101 @@
+"""The console in a real browser (Debian's Chromium driven by Playwright) against real
+processes: log in, see the dashboard, find the enrolled server, run Backup Now and watch the
+job page follow it to 100 %, log out. Screenshots of each page go to artifacts/screenshots
+(at 1280 and 390 pixels wide)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.system.conftest import Product, installation
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+
+
+@pytest.fixture(scope="module")
+def product() -> Iterator[Product]:
+    with installation() as prod:
+        yield prod
+
+
+def test_log_in_back_up_now_and_watch_it_finish(product: Product) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    src = product.root / "src-web"
+    src.mkdir()
+    for i in range(20):
+        (src / f"file-{i}.txt").write_text(f"console {i}\n" * 1000)
+    group = product.admin_json("groups")[0]["id"]
+    sid = product.enroll("webhost", group)
+    product.admin("backup-set-add", str(sid), "files", "--include", str(src))
+    product.start_agent("webhost")
+    product.wait_connected("webhost")
+    password = (product.root / "cloud" / "initial-admin-password").read_text().strip()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        # The cloud's certificate comes from the installation's own CA, which this throwaway
+        # browser profile does not know; TLS itself is tested without a browser.
+        ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
+        page = ctx.new_page()
+        page.goto(f"{product.cloud_url}/")
+        expect(page).to_have_url(f"{product.cloud_url}/ui/login")
+        page.screenshot(path=str(SHOTS / "login.png"))
+        page.get_by_label("Email").fill("admin@localhost")
+        page.get_by_label("Password").fill("wrong")
+        page.get_by_role("button", name="Log in").click()
+        expect(page.get_by_role("alert")).to_contain_text("wrong email or password")
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Log in").click()
+        expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+
+        page.get_by_role("link", name="Servers").click()
+        row = page.get_by_role("row", name="webhost")
+        expect(row).to_contain_text("connected")
+        page.screenshot(path=str(SHOTS / "servers.png"), full_page=True)
+        row.get_by_role("button", name="Back up webhost now").click()
+
+        expect(page.get_by_role("heading", name="Job")).to_be_visible()
+        # htmx refreshes the job every second until it ends
+        expect(page.locator("#job-state")).to_have_text("succeeded", timeout=60_000)
+        expect(page.locator("#job-percent")).to_have_text("100%")
+        page.screenshot(path=str(SHOTS / "job.png"), full_page=True)
+
+        page.get_by_role("link", name="Jobs").click()
+        expect(page.get_by_role("row", name="succeeded").first).to_be_visible()
+        page.screenshot(path=str(SHOTS / "jobs.png"), full_page=True)
+
+        page.get_by_role("link", name="Dashboard").click()
+        expect(page.get_by_role("row", name="webhost")).to_contain_text("succeeded")
+        expect(page.get_by_text("1 of 1 servers protected")).to_be_visible()
+        page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(SHOTS / "dashboard-390.png"), full_page=True)
+        # nothing wider than the phone's screen but the tables, which scroll on their own
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, width
+
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(f"{product.cloud_url}/ui/login")
+        page.goto(f"{product.cloud_url}/ui/jobs")
+        expect(page).to_have_url(f"{product.cloud_url}/ui/login")
+        browser.close()
