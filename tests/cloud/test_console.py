@@ -97,3 +97,46 @@ def test_a_read_only_admin_sees_but_cannot_act(browser: TestClient, cloud: Cloud
     r = browser.post(f"/ui/servers/{server}/backup-now", data={"csrf": csrf})
     assert r.status_code == 403 and "read-only" in r.text.lower()
     assert cloud.svc.list_jobs(cloud.admin) == []
+
+
+def test_groups_activation_and_server_pages(browser: TestClient, cloud: Cloud) -> None:
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    policy = cloud.svc.list_policies(cloud.admin)[0]
+    r = browser.post("/ui/groups", data={"csrf": csrf, "name": "db", "policy": str(policy.id)})
+    assert r.status_code == 303 and "created" in r.headers["location"]
+    group = next(g for g in cloud.svc.list_groups(cloud.admin) if g.name == "db")
+    assert group.policy_id == policy.id
+    page = browser.get("/ui/groups")
+    assert "db" in page.text and policy.name in page.text
+    again = browser.post("/ui/groups", data={"csrf": csrf, "name": "db"})
+    assert again.status_code == 409 and "exists" in again.text
+
+    r = browser.post(f"/ui/groups/{group.id}/activation", data={"csrf": csrf, "hours": "2"})
+    assert r.status_code == 200
+    m = re.search(
+        r"rekindle agent enroll --cloud https://cloud.test --ca-fingerprint (\S+) "
+        r"--token (rka_\S+)</pre>",
+        r.text,
+    )
+    assert m is not None, r.text
+    assert "valid 2 hours" in r.text
+
+    server = cloud.enroll("db1", group.id)
+    r = browser.post(
+        f"/ui/servers/{server}/backup-sets",
+        data={"csrf": csrf, "name": "data", "include": "/srv/db\n\n/etc\n", "exclude": "*.tmp"},
+    )
+    assert r.status_code == 303
+    (bs,) = cloud.svc.list_backup_sets(cloud.admin, server)
+    assert (bs.include, bs.exclude) == (["/srv/db", "/etc"], ["*.tmp"])
+    bad = browser.post(
+        f"/ui/servers/{server}/backup-sets",
+        data={"csrf": csrf, "name": "rel", "include": "relative/path"},
+    )
+    assert bad.status_code == 422 and "absolute" in bad.text
+    page = browser.get(f"/ui/servers/{server}")
+    assert page.status_code == 200 and "/srv/db" in page.text and "db1" in page.text
+    r = browser.post(f"/ui/servers/{server}/enabled", data={"csrf": csrf, "enabled": "false"})
+    assert r.status_code == 303
+    assert not cloud.svc.get_server(cloud.admin, server).enabled
+    assert browser.get("/ui/servers/99999").status_code == 404

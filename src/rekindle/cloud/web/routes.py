@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -151,6 +152,111 @@ def console_router() -> APIRouter:
         job = await _act(request, page, lambda: page.svc.backup_now(page.actor, server_id, None))
         return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
 
+    @r.get("/servers/{server_id}", response_class=HTMLResponse)
+    async def server(request: Request, server_id: int) -> Response:
+        page = await _page(request)
+
+        def load() -> dict[str, Any]:
+            svc, me = page.svc, page.actor
+            srv = svc.get_server(me, server_id)
+            return {
+                "server": srv,
+                "connected": svc.is_connected(srv),
+                "sets": svc.list_backup_sets(me, server_id),
+                "jobs": [job_view(j) for j in svc.list_jobs(me, server_id, limit=10)],
+                "points": svc.list_restore_points(me, server_id)[:20],
+            }
+
+        ctx = await _act(request, page, load)
+        return _render(request, page, "server.html", title=ctx["server"].hostname, **ctx)
+
+    @r.post("/servers/{server_id}/enabled")
+    async def set_enabled(
+        request: Request, server_id: int, enabled: Annotated[bool, Form()]
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        await _act(
+            request, page, lambda: page.svc.set_server_enabled(page.actor, server_id, enabled)
+        )
+        word = "enabled" if enabled else "disabled: its agent is refused from now on"
+        return _back(f"/ui/servers/{server_id}", f"Server {word}.")
+
+    @r.post("/servers/{server_id}/backup-sets")
+    async def add_backup_set(
+        request: Request,
+        server_id: int,
+        name: Annotated[str, Form(max_length=200)],
+        include: Annotated[str, Form(max_length=100_000)],
+        exclude: Annotated[str, Form(max_length=100_000)] = "",
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        inc, exc = _lines(include), _lines(exclude)
+        await _act(
+            request,
+            page,
+            lambda: page.svc.create_backup_set(page.actor, server_id, name.strip(), inc, exc),
+        )
+        return _back(f"/ui/servers/{server_id}", f"Backup set {name.strip()!r} added.")
+
+    @r.get("/groups", response_class=HTMLResponse)
+    async def groups(request: Request) -> Response:
+        page = await _page(request)
+
+        def load() -> dict[str, Any]:
+            svc, me = page.svc, page.actor
+            return {
+                "groups": svc.list_groups(me),
+                "policies": {p.id: p for p in svc.list_policies(me)},
+                "storages": {x.id: x for x in svc.list_storages(me)},
+            }
+
+        ctx = await _act(request, page, load)
+        return _render(request, page, "groups.html", title="Server groups", **ctx)
+
+    @r.post("/groups")
+    async def add_group(
+        request: Request,
+        name: Annotated[str, Form(max_length=200)],
+        policy: Annotated[str, Form()] = "",
+        storage: Annotated[str, Form()] = "",
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        pol, sto = _opt_int(policy), _opt_int(storage)
+        await _act(request, page, lambda: page.svc.create_group(page.actor, name.strip(), pol, sto))
+        return _back("/ui/groups", f"Group {name.strip()!r} created.")
+
+    @r.post("/groups/{group_id}/activation", response_class=HTMLResponse)
+    async def activation(
+        request: Request,
+        group_id: int,
+        hours: Annotated[int, Form(ge=1, le=24 * 30)] = 24,
+        uses: Annotated[int, Form(ge=1, le=10_000)] = 1,
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        token = await _act(
+            request,
+            page,
+            lambda: page.svc.create_activation_token(page.actor, group_id, hours, uses),
+        )
+        url = str(request.base_url).rstrip("/")
+        command = (
+            f"rekindle agent enroll --cloud {url} --ca-fingerprint "
+            f"{request.app.state.ca_fingerprint} --token {token}"
+        )
+        return _render(
+            request,
+            page,
+            "activation.html",
+            title="Enroll a server",
+            command=command,
+            hours=hours,
+            uses=uses,
+        )
+
     @r.get("/jobs", response_class=HTMLResponse)
     async def jobs(request: Request, state: str | None = None) -> Response:
         page = await _page(request)
@@ -208,6 +314,22 @@ def install_console(app: FastAPI) -> None:
     handlers[PageError] = page_error
     for cls, handler in handlers.items():
         app.add_exception_handler(cls, handler)
+
+
+def _back(url: str, notice: str) -> Response:
+    """After a change, back to a page (POST-redirect-GET) with a line saying what happened."""
+    return RedirectResponse(f"{url}?{urlencode({'notice': notice})}", status_code=303)
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _opt_int(text: str) -> int | None:
+    try:
+        return int(text) if text.strip() else None
+    except ValueError:
+        raise PageError(422, f"{text!r} is not a number") from None
 
 
 async def _act(request: Request, page: Page, fn: Callable[[], Any]) -> Any:
