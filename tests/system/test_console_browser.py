@@ -1,17 +1,19 @@
 """The console in a real browser (Debian's Chromium driven by Playwright) against real
-processes: log in, see the dashboard, find the enrolled server, run Backup Now and watch the
-job page follow it to 100 %, log out. Screenshots of each page go to artifacts/screenshots
-(at 1280 and 390 pixels wide)."""
+processes: log in, create a group, enroll an agent with the command the console shows, add a
+backup set, run Backup Now and watch the job page follow it to 100 %, log out. Screenshots of
+each page go to artifacts/screenshots (at 1280 and 390 pixels wide)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import Product, installation
+from tests.system.conftest import REKINDLE, Product, installation
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
@@ -36,18 +38,13 @@ def product() -> Iterator[Product]:
         yield prod
 
 
-def test_log_in_back_up_now_and_watch_it_finish(product: Product) -> None:
+def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Product) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     src = product.root / "src-web"
     src.mkdir()
     for i in range(20):
         (src / f"file-{i}.txt").write_text(f"console {i}\n" * 1000)
-    group = product.admin_json("groups")[0]["id"]
-    sid = product.enroll("webhost", group)
-    product.admin("backup-set-add", str(sid), "files", "--include", str(src))
-    product.start_agent("webhost")
-    product.wait_connected("webhost")
     password = (product.root / "cloud" / "initial-admin-password").read_text().strip()
     SHOTS.mkdir(parents=True, exist_ok=True)
 
@@ -67,12 +64,44 @@ def test_log_in_back_up_now_and_watch_it_finish(product: Product) -> None:
         page.get_by_label("Password").fill(password)
         page.get_by_role("button", name="Log in").click()
         expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+        nav = page.get_by_role("navigation", name="Main")
 
-        page.get_by_role("link", name="Servers").click()
+        # a group, and the enrollment command the console shows for it
+        nav.get_by_role("link", name="Groups").click()
+        page.get_by_label("Name").fill("web servers")
+        page.get_by_role("button", name="Create group").click()
+        expect(page.get_by_role("status")).to_contain_text("Group 'web servers' created")
+        page.screenshot(path=str(SHOTS / "groups.png"), full_page=True)
+        page.get_by_role("button", name="Activation token for web servers").click()
+        command = page.locator("#enroll-command").inner_text().split()
+        page.screenshot(path=str(SHOTS / "activation.png"), full_page=True)
+        assert command[:3] == ["rekindle", "agent", "enroll"], command
+        agent_dir = product.agent_dir("webhost")
+        subprocess.run(
+            [REKINDLE, *command[1:], "--data-dir", str(agent_dir), "--hostname", "webhost"],
+            env=product.env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        product.servers["webhost"] = int(
+            json.loads((agent_dir / "agent.json").read_text())["server_id"]
+        )
+        product.start_agent("webhost")
+        product.wait_connected("webhost")
+
+        nav.get_by_role("link", name="Servers").click()
         row = page.get_by_role("row", name="webhost")
         expect(row).to_contain_text("connected")
         page.screenshot(path=str(SHOTS / "servers.png"), full_page=True)
-        row.get_by_role("button", name="Back up webhost now").click()
+        row.get_by_role("link", name="webhost").click()
+        page.get_by_text("Add a backup set").click()
+        page.get_by_label("Name").fill("files")
+        page.get_by_label("Paths to back up").fill(str(src))
+        page.get_by_role("button", name="Add backup set").click()
+        expect(page.get_by_role("status")).to_contain_text("Backup set 'files' added")
+        page.screenshot(path=str(SHOTS / "server.png"), full_page=True)
+        page.get_by_role("button", name="Backup Now").click()
 
         expect(page.get_by_role("heading", name="Job")).to_be_visible()
         # htmx refreshes the job every second until it ends
@@ -80,11 +109,11 @@ def test_log_in_back_up_now_and_watch_it_finish(product: Product) -> None:
         expect(page.locator("#job-percent")).to_have_text("100%")
         page.screenshot(path=str(SHOTS / "job.png"), full_page=True)
 
-        page.get_by_role("link", name="Jobs").click()
+        nav.get_by_role("link", name="Jobs").click()
         expect(page.get_by_role("row", name="succeeded").first).to_be_visible()
         page.screenshot(path=str(SHOTS / "jobs.png"), full_page=True)
 
-        page.get_by_role("link", name="Dashboard").click()
+        nav.get_by_role("link", name="Dashboard").click()
         expect(page.get_by_role("row", name="webhost")).to_contain_text("succeeded")
         expect(page.get_by_text("1 of 1 servers protected")).to_be_visible()
         page.screenshot(path=str(SHOTS / "dashboard.png"), full_page=True)
