@@ -140,3 +140,59 @@ def test_groups_activation_and_server_pages(browser: TestClient, cloud: Cloud) -
     assert r.status_code == 303
     assert not cloud.svc.get_server(cloud.admin, server).enabled
     assert browser.get("/ui/servers/99999").status_code == 404
+
+
+def _policy_form(csrf: str, **over: object) -> dict[str, object]:
+    form: dict[str, object] = {
+        "csrf": csrf,
+        "name": "nightly",
+        "day": ["mon", "tue", "wed", "thu", "fri"],
+        "start_time": "22:00",
+        "window_hours": "8",
+        "max_retries": "2",
+        "retry_interval_min": "30",
+        "bandwidth_mib_s": "0",
+        "cold_after_days": "90",
+        "within_days": "60",
+        "weekly": "24",
+        "monthly": "12",
+        "yearly": "3",
+    }
+    form.update(over)
+    return form
+
+
+def test_policies_are_created_edited_and_previewed(browser: TestClient, cloud: Cloud) -> None:
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    r = browser.post("/ui/policies/preview", data=_policy_form(csrf))
+    assert r.text == (
+        "Runs Mon-Fri at 22:00 UTC for up to 8 hours; a failed backup is tried again up to "
+        "twice, 30 minutes apart; no bandwidth cap; keeps every restore point for 60 days, "
+        "then one a week for 24 weeks, one a month for 12 months and one a year for 3 years; "
+        "moves restore points to archive storage after 90 days."
+    )
+    r = browser.post("/ui/policies/preview", data=_policy_form(csrf, start_time="25:00"))
+    assert 'class="error"' in r.text and "HH:MM" in r.text
+    r = browser.post("/ui/policies", data=_policy_form(csrf))
+    assert r.status_code == 303
+    row = next(p for p in cloud.svc.list_policies(cloud.admin) if p.name == "nightly")
+    assert (row.days, row.start_time, row.window_hours) == ("mon,tue,wed,thu,fri", "22:00", 8)
+    assert row.retention == {"within_days": 60, "weekly": 24, "monthly": 12, "yearly": 3}
+    page = browser.get(f"/ui/policies/{row.id}")
+    assert page.status_code == 200 and "Runs Mon-Fri at 22:00 UTC" in page.text
+    r = browser.post(
+        f"/ui/policies/{row.id}",
+        data=_policy_form(csrf, day=["sat", "sun"], bandwidth_mib_s="5", window_hours="0"),
+    )
+    assert r.status_code == 303
+    row = next(p for p in cloud.svc.list_policies(cloud.admin) if p.name == "nightly")
+    assert (row.days, row.bandwidth_kib, row.window_hours) == ("sat,sun", 5120, 0)
+    assert "Runs Sat, Sun at 22:00 UTC until done" in browser.get("/ui/policies").text
+    for bad, why in (
+        ({"day": []}, "at least one day"),
+        ({"window_hours": "200"}, "at most 168"),
+        ({"max_retries": "two"}, "not a whole number"),
+        ({"name": "nightly"}, "a backup policy named &#39;nightly&#39; exists"),
+    ):
+        r = browser.post("/ui/policies", data=_policy_form(csrf, **{"name": "other", **bad}))
+        assert r.status_code in (409, 422) and why in r.text, (bad, r.text)

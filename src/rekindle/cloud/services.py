@@ -386,7 +386,7 @@ class CloudServices:
                 )
             ):
                 raise ConflictError(f"a backup policy named {name!r} exists")
-            policy = BackupPolicy(org_id=actor.org_id, name=name, **_policy_fields(fields))
+            policy = BackupPolicy(org_id=actor.org_id, name=name, **policy_fields(fields))
             policy.next_run = schedule.next_fire(policy.days, policy.start_time, self.now())
             s.add(policy)
             s.flush()
@@ -397,7 +397,7 @@ class CloudServices:
         actor.require_org_admin()
         with self.db.session() as s:
             policy: BackupPolicy = self._get(s, BackupPolicy, policy_id, actor)
-            for k, v in _policy_fields(fields, partial=True).items():
+            for k, v in policy_fields(fields, partial=True).items():
                 setattr(policy, k, v)
             policy.next_run = schedule.next_fire(policy.days, policy.start_time, self.now())
             self._audit(s, actor, actor.org_id, "policy.update", policy.name, **_jsonable(fields))
@@ -1170,7 +1170,7 @@ _POLICY_FIELDS = {
 }
 
 
-def _policy_fields(fields: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+def policy_fields(fields: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
     unknown = set(fields) - _POLICY_FIELDS
     if unknown:
         raise UsageError(f"unknown policy fields: {', '.join(sorted(unknown))}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -16,11 +17,20 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from rekindle import __version__
+from rekindle.cloud.describe import describe_policy
+from rekindle.cloud.schedule import DAY_NAMES
 from rekindle.cloud.security import AuthError, ForbiddenError
-from rekindle.cloud.services import Actor, CloudServices, ConflictError, NotFoundError
+from rekindle.cloud.services import (
+    Actor,
+    CloudServices,
+    ConflictError,
+    NotFoundError,
+    policy_fields,
+)
 from rekindle.cloud.web import session as sess
+from rekindle.cloud.web.forms import default_policy_form, policy_from_form, policy_values
 from rekindle.cloud.web.views import dashboard_view, human_bytes, human_time, job_view
-from rekindle.core.errors import RekindleError
+from rekindle.core.errors import RekindleError, UsageError
 
 _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
@@ -257,6 +267,66 @@ def console_router() -> APIRouter:
             uses=uses,
         )
 
+    @r.get("/policies", response_class=HTMLResponse)
+    async def policies(request: Request) -> Response:
+        page = await _page(request)
+        rows = await _act(request, page, lambda: page.svc.list_policies(page.actor))
+        return _render(
+            request,
+            page,
+            "policies.html",
+            title="Backup policies",
+            policies=[(p, describe_policy(**policy_values(p))) for p in rows],
+            form=default_policy_form(),
+            days=DAY_NAMES,
+        )
+
+    @r.get("/policies/{policy_id}", response_class=HTMLResponse)
+    async def policy(request: Request, policy_id: int) -> Response:
+        page = await _page(request)
+        rows = await _act(request, page, lambda: page.svc.list_policies(page.actor))
+        row = next((p for p in rows if p.id == policy_id), None)
+        if row is None:
+            raise PageError(404, f"no backup policy {policy_id}")
+        form = {"name": row.name, **policy_values(row)}
+        return _render(
+            request,
+            page,
+            "policy.html",
+            title=row.name,
+            policy=row,
+            form=form,
+            days=DAY_NAMES,
+            preview=describe_policy(**policy_values(row)),
+        )
+
+    @r.post("/policies/preview", response_class=HTMLResponse)
+    async def policy_preview(request: Request) -> Response:
+        """The plain-language line under the form, as the admin types (htmx)."""
+        await _page(request)
+        try:
+            _name, fields = policy_from_form(await request.form())
+            # the same checks and normalisation the service applies when saving
+            return HTMLResponse(escape(describe_policy(**policy_fields(fields))))
+        except (UsageError, ValueError) as e:
+            return HTMLResponse(f'<span class="error">{escape(str(e))}</span>')
+
+    @r.post("/policies")
+    async def add_policy(request: Request) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        name, fields = _checked(policy_from_form, await request.form())
+        row = await _act(request, page, lambda: page.svc.create_policy(page.actor, name, **fields))
+        return _back(f"/ui/policies/{row.id}", f"Policy {name!r} created.")
+
+    @r.post("/policies/{policy_id}")
+    async def edit_policy(request: Request, policy_id: int) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        _name, fields = _checked(policy_from_form, await request.form())
+        await _act(request, page, lambda: page.svc.update_policy(page.actor, policy_id, **fields))
+        return _back(f"/ui/policies/{policy_id}", "Policy saved.")
+
     @r.get("/jobs", response_class=HTMLResponse)
     async def jobs(request: Request, state: str | None = None) -> Response:
         page = await _page(request)
@@ -319,6 +389,13 @@ def install_console(app: FastAPI) -> None:
 def _back(url: str, notice: str) -> Response:
     """After a change, back to a page (POST-redirect-GET) with a line saying what happened."""
     return RedirectResponse(f"{url}?{urlencode({'notice': notice})}", status_code=303)
+
+
+def _checked(parse: Callable[[Any], Any], form: Any) -> Any:
+    try:
+        return parse(form)
+    except (UsageError, ValueError) as e:
+        raise PageError(422, str(e)) from None
 
 
 def _lines(text: str) -> list[str]:
