@@ -113,6 +113,27 @@ def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Produc
         expect(page.get_by_role("row", name="succeeded").first).to_be_visible()
         page.screenshot(path=str(SHOTS / "jobs.png"), full_page=True)
 
+        # the restore wizard: server, restore point, browse to one file, another directory
+        nav.get_by_role("link", name="Restore").click()
+        page.get_by_role("link", name="webhost").click()
+        page.screenshot(path=str(SHOTS / "restore-points.png"), full_page=True)
+        page.get_by_role("list").get_by_role("link").first.click()
+        for part in src.parts[1:]:
+            page.get_by_role("link", name=f"{part}/").click()
+        page.get_by_label("Restore file-3.txt").check()
+        page.screenshot(path=str(SHOTS / "restore-browse.png"), full_page=True)
+        page.get_by_role("button", name="Next: where to restore").click()
+        expect(page.locator("#restore-size")).to_have_text("1 file, 9.8 KiB")
+        page.get_by_label("Another directory on webhost").check()
+        dest = product.root / "restored-web"
+        page.get_by_role("textbox", name="Directory").fill(str(dest))
+        page.screenshot(path=str(SHOTS / "restore-destination.png"), full_page=True)
+        page.get_by_role("button", name="Restore").click()
+        expect(page.locator("#job-state")).to_have_text("succeeded", timeout=60_000)
+        restored = dest / str(src).lstrip("/")
+        assert sorted(p.name for p in restored.iterdir()) == ["file-3.txt"]
+        assert (restored / "file-3.txt").read_bytes() == (src / "file-3.txt").read_bytes()
+
         nav.get_by_role("link", name="Dashboard").click()
         expect(page.get_by_role("row", name="webhost")).to_contain_text("succeeded")
         expect(page.get_by_text("1 of 1 servers protected")).to_be_visible()

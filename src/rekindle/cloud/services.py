@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from rekindle.cloud import schedule
-from rekindle.cloud.catalog import PlanningError, RestorePlan, StorageCatalog
+from rekindle.cloud.catalog import Entry, PlanningError, RestorePlan, StorageCatalog
 from rekindle.cloud.db import Database
 from rekindle.cloud.models import (
     ActivationToken,
@@ -56,6 +56,14 @@ T = TypeVar("T")
 
 ACTIVE_JOB_STATES = ("queued", "running")
 DEFAULT_RETENTION: dict[str, Any] = {"within_days": 60, "weekly": 24, "monthly": 12, "yearly": 3}
+
+
+@dataclass(frozen=True)
+class _Source:
+    storage_url: str
+    org_id: int
+    repo_key: bytes
+    snapshot: str
 
 
 class NotFoundError(RekindleError):
@@ -636,14 +644,12 @@ class CloudServices:
                 )
             if not target.enabled:
                 raise ConflictError(f"server {target.hostname} is disabled")
-            # The data is where the source server's group stores it.
-            group = _must(s.get(ServerGroup, source.group_id))
-            storage_url = _must(s.get(Storage, group.storage_id)).url
-            org = _must(s.get(Organization, rp.org_id))
-            repo_key = self.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
-            snapshot, org_id = rp.snapshot_id, rp.org_id
         # Outside the transaction: planning reads the repository over the network.
-        plan = self._plan_restore(storage_url, org_id, repo_key, snapshot, include)
+        src = self._restore_source(actor, restore_point_id)
+        storage_url = src.storage_url
+        plan = self._catalog().plan_restore(
+            src.storage_url, src.org_id, src.repo_key, src.snapshot, include
+        )
         with self.db.session() as s:
             rp = self._get(s, RestorePoint, restore_point_id, actor)
             target = self._server(s, target_server_id or rp.server_id, actor)
@@ -915,12 +921,39 @@ class CloudServices:
             ).all()
             return newest, {r[0] for r in rows}
 
-    def _plan_restore(
-        self, storage_url: str, org_id: int, repo_key: bytes, snapshot: str, include: list[str]
-    ) -> RestorePlan:
+    def _catalog(self) -> StorageCatalog:
         if self.catalog is None:
-            raise PlanningError("this cloud has no access to storage nodes to plan restores")
-        return self.catalog.plan_restore(storage_url, org_id, repo_key, snapshot, include)
+            raise PlanningError("this cloud has no access to storage nodes to read restore points")
+        return self.catalog
+
+    def _restore_source(self, actor: Actor, restore_point_id: int) -> _Source:
+        """Where a restore point's data is (the storage of the source server's group) and
+        how to open it."""
+        with self.db.session() as s:
+            rp: RestorePoint = self._get(s, RestorePoint, restore_point_id, actor)
+            source = self._server(s, rp.server_id, actor)
+            group = _must(s.get(ServerGroup, source.group_id))
+            org = _must(s.get(Organization, rp.org_id))
+            return _Source(
+                storage_url=_must(s.get(Storage, group.storage_id)).url,
+                org_id=rp.org_id,
+                repo_key=self.kek.open(org.repo_key_sealed, f"org:{org.id}".encode()),
+                snapshot=rp.snapshot_id,
+            )
+
+    def browse_restore_point(self, actor: Actor, restore_point_id: int, path: str) -> list[Entry]:
+        """One directory of a restore point, for choosing what to restore."""
+        src = self._restore_source(actor, restore_point_id)
+        return self._catalog().list_dir(
+            src.storage_url, src.org_id, src.repo_key, src.snapshot, path
+        )
+
+    def restore_size(self, actor: Actor, restore_point_id: int, include: list[str]) -> RestorePlan:
+        """What a restore of `include` (everything when empty) would write: files and bytes."""
+        src = self._restore_source(actor, restore_point_id)
+        return self._catalog().plan_restore(
+            src.storage_url, src.org_id, src.repo_key, src.snapshot, include
+        )
 
     @staticmethod
     def _parent_of(s: Session, job: Job) -> str | None:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from rekindle.core.errors import UsageError
 from rekindle.format.registry import NodeType
 from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import Node
@@ -27,6 +28,18 @@ def walk(repo: Repository, snapshot: Snapshot, start: str = "") -> Iterator[tupl
             return
         nodes = repo.load_tree(match.subtree) if match.subtree else []
     yield from _walk(repo, nodes, prefix)
+
+
+def list_dir(repo: Repository, snapshot: Snapshot, path: str = "") -> list[Node]:
+    """The entries of one directory of a restore point ('/'-separated path; '' is the top).
+    Raises UsageError when the path is not a directory of it."""
+    nodes = repo.load_tree(snapshot.tree)
+    for part in [p for p in path.strip("/").split("/") if p]:
+        match = next((n for n in nodes if os.fsdecode(n.name) == part), None)
+        if match is None or match.type is not NodeType.DIR:
+            raise UsageError(f"the restore point has no directory /{path.strip('/')}")
+        nodes = repo.load_tree(match.subtree) if match.subtree else []
+    return nodes
 
 
 def _walk(repo: Repository, nodes: list[Node], prefix: str) -> Iterator[tuple[str, Node]]:

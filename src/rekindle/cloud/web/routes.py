@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,6 +37,9 @@ _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
 templates.env.filters["bytes"] = human_bytes
 templates.env.filters["when"] = human_time
+templates.env.filters["unixtime"] = lambda t: (
+    "-" if t is None else human_time(datetime.fromtimestamp(t, UTC))
+)
 templates.env.globals["version"] = __version__
 
 
@@ -326,6 +330,98 @@ def console_router() -> APIRouter:
         _name, fields = _checked(policy_from_form, await request.form())
         await _act(request, page, lambda: page.svc.update_policy(page.actor, policy_id, **fields))
         return _back(f"/ui/policies/{policy_id}", "Policy saved.")
+
+    # -- the restore wizard: server, restore point, what, where, confirm -----------------------
+    @r.get("/restore", response_class=HTMLResponse)
+    async def restore_start(request: Request, server: int | None = None) -> Response:
+        page = await _page(request)
+
+        def load() -> dict[str, Any]:
+            svc, me = page.svc, page.actor
+            if server is None:
+                points = svc.list_restore_points(me)
+                counts: dict[int, int] = {}
+                for p in points:
+                    counts[p.server_id] = counts.get(p.server_id, 0) + 1
+                servers = [s for s in svc.list_servers(me) if s.id in counts]
+                return {"servers": servers, "counts": counts, "server": None}
+            return {
+                "server": svc.get_server(me, server),
+                "points": svc.list_restore_points(me, server),
+            }
+
+        ctx = await _act(request, page, load)
+        return _render(request, page, "restore_start.html", title="Restore", **ctx)
+
+    @r.get("/restore/{rp_id}/browse", response_class=HTMLResponse)
+    async def restore_browse(request: Request, rp_id: int, path: str = "") -> Response:
+        page = await _page(request)
+        path = path.strip("/")
+        entries = await _act(
+            request, page, lambda: page.svc.browse_restore_point(page.actor, rp_id, path)
+        )
+        parts = [p for p in path.split("/") if p]
+        crumbs = [("/".join(parts[: i + 1]), part) for i, part in enumerate(parts)]
+        return _render(
+            request,
+            page,
+            "restore_browse.html",
+            title="Choose what to restore",
+            rp_id=rp_id,
+            path=path,
+            crumbs=crumbs,
+            entries=entries,
+        )
+
+    @r.get("/restore/{rp_id}/destination", response_class=HTMLResponse)
+    async def restore_destination(request: Request, rp_id: int) -> Response:
+        page = await _page(request)
+        include = [p for p in request.query_params.getlist("include") if p.strip()]
+
+        def load() -> dict[str, Any]:
+            svc, me = page.svc, page.actor
+            plan = svc.restore_size(me, rp_id, include)
+            point = next(p for p in svc.list_restore_points(me) if p.id == rp_id)
+            source = svc.get_server(me, point.server_id)
+            others = [s for s in svc.list_servers(me) if s.enabled]
+            return {"plan": plan, "point": point, "source": source, "servers": others}
+
+        ctx = await _act(request, page, load)
+        return _render(
+            request,
+            page,
+            "restore_destination.html",
+            title="Where to restore",
+            rp_id=rp_id,
+            include=include,
+            **ctx,
+        )
+
+    @r.post("/restore/{rp_id}")
+    async def restore_confirm(request: Request, rp_id: int) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        form = await request.form()
+        include = [str(p) for p in form.getlist("include") if str(p).strip()]
+        where = str(form.get("where") or "original")
+        path = str(form.get("path") or "").strip()
+        target_server = _opt_int(str(form.get("server") or ""))
+        existing = str(form.get("existing") or "skip")
+        if where == "path" and not path:
+            raise PageError(422, "give the directory to restore into")
+        job = await _act(
+            request,
+            page,
+            lambda: page.svc.start_restore(
+                page.actor,
+                rp_id,
+                target_server_id=target_server if where == "server" else None,
+                target_path=None if where == "original" else (path or None),
+                include=include,
+                existing=existing,
+            ),
+        )
+        return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
 
     @r.get("/jobs", response_class=HTMLResponse)
     async def jobs(request: Request, state: str | None = None) -> Response:
