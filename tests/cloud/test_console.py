@@ -196,3 +196,26 @@ def test_policies_are_created_edited_and_previewed(browser: TestClient, cloud: C
     ):
         r = browser.post("/ui/policies", data=_policy_form(csrf, **{"name": "other", **bad}))
         assert r.status_code in (409, 422) and why in r.text, (bad, r.text)
+
+
+def test_events_audit_and_administrators(browser: TestClient, cloud: Cloud) -> None:
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    server = cloud.enroll("ev1")
+    cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], [])
+    cloud.svc.backup_now(cloud.admin, server, None)  # offline: queued, with an event
+    page = browser.get("/ui/events")
+    assert page.status_code == 200 and "job.queued" in page.text and "ev1" in page.text
+    r = browser.post(
+        "/ui/admins", data={"csrf": csrf, "email": "ops@acme.test", "role": "read_only"}
+    )
+    assert r.status_code == 200
+    m = re.search(r'id="new-password">([^<]+)</pre>', r.text)
+    assert m is not None
+    # the new admin can log in with the password shown once
+    other = TestClient(browser.app, base_url="https://cloud.test", follow_redirects=False)
+    _login(other, "ops@acme.test", m.group(1))
+    assert "ops@acme.test" in browser.get("/ui/admins").text
+    audit = browser.get("/ui/audit").text
+    assert "admin.create" in audit and "ops@acme.test" in audit and "login" in audit
+    r = browser.post("/ui/admins", data={"csrf": csrf, "email": "x@acme.test", "role": "god"})
+    assert r.status_code == 422

@@ -133,6 +133,17 @@ def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Produc
         restored = dest / str(src).lstrip("/")
         assert sorted(p.name for p in restored.iterdir()) == ["file-3.txt"]
         assert (restored / "file-3.txt").read_bytes() == (src / "file-3.txt").read_bytes()
+        restore_job = page.url.rsplit("/", 1)[1]
+
+        nav.get_by_role("link", name="Events").click()
+        expect(
+            page.get_by_role("row", name=f"restore job {restore_job} on webhost: succeeded")
+        ).to_be_visible()
+        page.screenshot(path=str(SHOTS / "events.png"), full_page=True)
+        nav.get_by_role("link", name="Audit").click()
+        expect(page.get_by_role("row", name="job.restore").first).to_be_visible()
+        nav.get_by_role("link", name="Admins").click()
+        expect(page.get_by_role("row", name="admin@localhost")).to_be_visible()
 
         nav.get_by_role("link", name="Dashboard").click()
         expect(page.get_by_role("row", name="webhost")).to_contain_text("succeeded")

@@ -423,6 +423,56 @@ def console_router() -> APIRouter:
         )
         return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
 
+    @r.get("/events", response_class=HTMLResponse)
+    async def events(request: Request) -> Response:
+        page = await _page(request)
+        rows = await _act(request, page, lambda: page.svc.list_events(page.actor, 200))
+        return _render(request, page, "events.html", title="Events", events=rows)
+
+    @r.get("/audit", response_class=HTMLResponse)
+    async def audit(request: Request) -> Response:
+        page = await _page(request)
+        rows = await _act(request, page, lambda: page.svc.list_audit(page.actor, 200))
+        return _render(request, page, "audit.html", title="Audit log", entries=rows)
+
+    @r.get("/admins", response_class=HTMLResponse)
+    async def admins(request: Request) -> Response:
+        page = await _page(request)
+
+        def load() -> dict[str, Any]:
+            return {
+                "admins": page.svc.list_admins(page.actor),
+                "groups": {g.id: g.name for g in page.svc.list_groups(page.actor)},
+                "storages": page.svc.list_storages(page.actor),
+            }
+
+        ctx = await _act(request, page, load)
+        return _render(request, page, "admins.html", title="Administrators", **ctx)
+
+    @r.post("/admins", response_class=HTMLResponse)
+    async def add_admin(
+        request: Request,
+        email: Annotated[str, Form(max_length=320)],
+        role: Annotated[str, Form(max_length=20)],
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        form = await request.form()
+        groups = [int(str(g)) for g in form.getlist("group") if str(g).isdigit()]
+        _id, password = await _act(
+            request,
+            page,
+            lambda: page.svc.create_admin(page.actor, email.strip(), role, groups),
+        )
+        return _render(
+            request,
+            page,
+            "admin_created.html",
+            title="Administrator added",
+            email=email.strip(),
+            password=password,
+        )
+
     @r.get("/jobs", response_class=HTMLResponse)
     async def jobs(request: Request, state: str | None = None) -> Response:
         page = await _page(request)
