@@ -219,3 +219,47 @@ def test_events_audit_and_administrators(browser: TestClient, cloud: Cloud) -> N
     assert "admin.create" in audit and "ops@acme.test" in audit and "login" in audit
     r = browser.post("/ui/admins", data={"csrf": csrf, "email": "x@acme.test", "role": "god"})
     assert r.status_code == 422
+
+
+def test_the_dashboard_charts_data_per_day_and_storage_growth(
+    browser: TestClient, cloud: Cloud
+) -> None:
+    from rekindle.net import protocol as p
+
+    server = cloud.enroll("charted")
+    cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], [])
+    for day, (scanned, added) in enumerate([(1000, 1000), (1000, 100), (0, 0), (3000, 400)]):
+        if scanned:
+            cloud.svc.backup_now(cloud.admin, server, None)
+            cloud.connect(server)
+            job = cloud.svc.claim_job(server)
+            assert job is not None
+            cloud.svc.finish_job(
+                server,
+                job.job_id,
+                p.JobResult(
+                    state="succeeded",
+                    snapshot_id=f"{day:02d}" * 32,
+                    files=1,
+                    bytes=scanned,
+                    bytes_added=added,
+                ),
+            )
+        cloud.clock.advance(86400)
+    _login(browser, "admin@acme.test", cloud.password)
+    page = browser.get("/ui/").text
+    bars = re.findall(r"<rect [^>]*class=\"bar\"><title>([^<]+)</title>", page)
+    assert bars == [
+        "2026-03-02: 1000 B",
+        "2026-03-03: 1000 B",
+        "2026-03-04: 0 B",
+        "2026-03-05: 2.9 KiB",
+    ]
+    growth = re.findall(r"class=\"dot\"><title>([^<]+)</title>", page)
+    assert growth == [
+        "2026-03-02: 1000 B",
+        "2026-03-03: 1.1 KiB",
+        "2026-03-04: 1.1 KiB",
+        "2026-03-05: 1.5 KiB",
+    ]
+    assert "3.3x" in page  # 5000 bytes backed up, 1500 stored

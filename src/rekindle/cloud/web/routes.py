@@ -29,6 +29,7 @@ from rekindle.cloud.services import (
     policy_fields,
 )
 from rekindle.cloud.web import session as sess
+from rekindle.cloud.web.charts import bar_chart, line_chart
 from rekindle.cloud.web.forms import default_policy_form, policy_from_form, policy_values
 from rekindle.cloud.web.views import dashboard_view, human_bytes, human_time, job_view
 from rekindle.core.errors import RekindleError, UsageError
@@ -41,6 +42,8 @@ templates.env.filters["unixtime"] = lambda t: (
     "-" if t is None else human_time(datetime.fromtimestamp(t, UTC))
 )
 templates.env.globals["version"] = __version__
+templates.env.globals["bar_chart"] = bar_chart
+templates.env.globals["line_chart"] = line_chart
 
 
 @dataclass

@@ -4,11 +4,12 @@ templates, no database access of its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from rekindle.cloud.models import Job, Server
 from rekindle.cloud.services import Actor, CloudServices
+from rekindle.cloud.web.charts import Point
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -95,6 +96,8 @@ class ServerRow:
 @dataclass
 class DashboardView:
     servers: list[ServerRow] = field(default_factory=list)
+    per_day: list[Point] = field(default_factory=list)  # data backed up (scanned) per day
+    growth: list[Point] = field(default_factory=list)  # storage used after each day
     running: list[JobView] = field(default_factory=list)
     protected: int = 0
     raw_bytes: int = 0
@@ -122,4 +125,25 @@ def dashboard_view(svc: CloudServices, actor: Actor) -> DashboardView:
     # repository after deduplication and compression.
     view.raw_bytes = sum(p.bytes for p in points)
     view.stored_bytes = sum(p.bytes_added for p in points)
+    backed: dict[date, int] = {}
+    added: dict[date, int] = {}
+    for p in points:
+        day = p.time.astimezone(UTC).date()
+        backed[day] = backed.get(day, 0) + p.bytes
+        added[day] = added.get(day, 0) + p.bytes_added
+    days = _last_days(sorted(backed), 30)
+    view.per_day = [Point(d, backed.get(d, 0), human_bytes(backed.get(d, 0))) for d in days]
+    total = sum(v for d, v in added.items() if days and d < days[0])
+    for d in days:
+        total += added.get(d, 0)
+        view.growth.append(Point(d, total, human_bytes(total)))
     return view
+
+
+def _last_days(seen: list[date], n: int) -> list[date]:
+    """Every day from the first with data (at most n days back) to the last."""
+    if not seen:
+        return []
+    last = seen[-1]
+    first = max(seen[0], last - timedelta(days=n - 1))
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
