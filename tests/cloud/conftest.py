@@ -42,6 +42,16 @@ class Cloud:
         )
         return res.server_id
 
+    def backup_reported(self, server_id: int, result: p.JobResult) -> int:
+        """Backup Now of the server's backup set; its agent takes the job and reports `result`.
+        Returns the job id."""
+        self.svc.backup_now(self.admin, server_id, None)
+        self.connect(server_id)
+        job = self.svc.claim_job(server_id)
+        assert job is not None
+        self.svc.finish_job(server_id, job.job_id, result)
+        return job.job_id
+
     def connect(self, server_id: int, running_job: int | None = None) -> None:
         self.svc.heartbeat(
             server_id,

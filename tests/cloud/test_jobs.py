@@ -113,13 +113,8 @@ def test_failed_backup_is_retried_per_policy_then_given_up(cloud: Cloud) -> None
 def test_missed_files_are_recorded_with_the_job(cloud: Cloud) -> None:
     server = cloud.enroll()
     _backup_set(cloud, server)
-    cloud.svc.backup_now(cloud.admin, server, None)
-    cloud.connect(server)
-    job = cloud.svc.claim_job(server)
-    assert job is not None
-    cloud.svc.finish_job(
+    job_id = cloud.backup_reported(
         server,
-        job.job_id,
         p.JobResult(
             state="partial",
             snapshot_id="ab" * 32,
@@ -128,7 +123,7 @@ def test_missed_files_are_recorded_with_the_job(cloud: Cloud) -> None:
             missed=[p.MissedFile(path="/srv/locked.db", reason="Permission denied")],
         ),
     )
-    row, missed = cloud.svc.get_job(cloud.admin, job.job_id)
+    row, missed = cloud.svc.get_job(cloud.admin, job_id)
     assert row.state == "partial"
     assert [(m.path, m.reason) for m in missed] == [("/srv/locked.db", "Permission denied")]
     (rp,) = cloud.svc.list_restore_points(cloud.admin, server)
@@ -138,11 +133,7 @@ def test_missed_files_are_recorded_with_the_job(cloud: Cloud) -> None:
 def test_restore_to_another_os_family_is_refused(cloud: Cloud) -> None:
     linux = cloud.enroll("lin")
     _backup_set(cloud, linux)
-    cloud.svc.backup_now(cloud.admin, linux, None)
-    cloud.connect(linux)
-    job = cloud.svc.claim_job(linux)
-    assert job is not None
-    cloud.svc.finish_job(linux, job.job_id, p.JobResult(state="succeeded", snapshot_id="cd" * 32))
+    cloud.backup_reported(linux, p.JobResult(state="succeeded", snapshot_id="cd" * 32))
     windows = cloud.enroll("win")
     cloud.svc.heartbeat(windows, p.Heartbeat(version="t", os="Windows 11", hostname="win"))
     (rp,) = cloud.svc.list_restore_points(cloud.admin, linux)

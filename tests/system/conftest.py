@@ -162,6 +162,27 @@ class Product:
             time.sleep(0.3)
         raise AssertionError(f"job {job_id} did not finish: {job}")
 
+    def add_agent(self, host: str, src: Path) -> int:
+        """Enroll HOST into the first group, give it a backup set of SRC, start its agent and
+        wait until it is connected. Returns the server id."""
+        group = self.admin_json("groups")[0]["id"]
+        sid = self.enroll(host, group)
+        self.admin("backup-set-add", str(sid), "files", "--include", str(src))
+        self.start_agent(host)
+        self.wait_connected(host)
+        return sid
+
+    def wait_uploading(self, job_id: int, timeout: float = 60) -> dict[str, Any]:
+        """Wait until a job runs and has reported bytes done; returns its last state."""
+        deadline = time.monotonic() + timeout
+        row: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            row = self.admin_json("job", str(job_id))
+            if row["state"] == "running" and row["progress"].get("bytes_done", 0) > 0:
+                break
+            time.sleep(0.2)
+        return row
+
     def backup_now(self, host: str) -> dict[str, Any]:
         job = self.admin_json("backup-now", str(self.servers[host]))
         return self.wait_job(job["id"])

@@ -161,12 +161,7 @@ def test_cancel_stops_cleanly_and_the_next_run_continues(product: Product) -> No
     product.admin("policy-set", str(policy), "--bandwidth-kib", "8192")  # the agent throttles
     try:
         job = product.admin_json("backup-now", str(product.servers["alpha"]))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            row = product.admin_json("job", str(job["id"]))
-            if row["state"] == "running" and row["progress"].get("bytes_done", 0) > 0:
-                break
-            time.sleep(0.2)
+        product.wait_uploading(job["id"])
         product.admin("cancel", str(job["id"]))
         done = product.wait_job(job["id"], timeout=120)
         assert done["state"] == "stopped", done

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 from tests.system.conftest import Product, _wait_healthy
@@ -15,11 +14,7 @@ def _setup(product: Product) -> Path:
     src = product.root / "src-res"
     src.mkdir()
     (src / "a.txt").write_text("resilience\n")
-    group = product.admin_json("groups")[0]["id"]
-    sid = product.enroll("res", group)
-    product.admin("backup-set-add", str(sid), "files", "--include", str(src))
-    product.start_agent("res")
-    product.wait_connected("res")
+    product.add_agent("res", src)
     return src
 
 
@@ -45,12 +40,7 @@ def test_a_backup_cut_short_by_a_kill_is_aborted_and_the_next_one_works(
     product.admin("policy-set", str(policy), "--bandwidth-kib", "4096")
     try:
         job = product.admin_json("backup-now", str(product.servers["res"]))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            row = product.admin_json("job", str(job["id"]))
-            if row["state"] == "running" and row["progress"].get("bytes_done", 0) > 0:
-                break
-            time.sleep(0.2)
+        row = product.wait_uploading(job["id"])
         assert row["state"] == "running", row
         product.stop("agent-res", signal.SIGKILL)
     finally:

@@ -25,11 +25,7 @@ def test_an_agent_backs_up_and_restores_through_a_node_on_s3(
         (src / "sub" / "big.bin").write_bytes(os.urandom(3_000_000))
         (src / "small.txt").write_text("on s3\n")
         (src / "link").symlink_to("sub/big.bin")
-        group = product.admin_json("groups")[0]["id"]
-        sid = product.enroll("s3host", group)
-        product.admin("backup-set-add", str(sid), "files", "--include", str(src))
-        product.start_agent("s3host")
-        product.wait_connected("s3host")
+        sid = product.add_agent("s3host", src)
         job = product.backup_now("s3host")
         assert job["state"] == "succeeded", job
 
