@@ -111,7 +111,9 @@ def test_groups_activation_and_server_pages(browser: TestClient, cloud: Cloud) -
     again = browser.post("/ui/groups", data={"csrf": csrf, "name": "db"})
     assert again.status_code == 409 and "exists" in again.text
 
-    r = browser.post(f"/ui/groups/{group.id}/activation", data={"csrf": csrf, "hours": "2"})
+    r = browser.post(
+        f"/ui/groups/{group.id}/activation", data={"csrf": csrf, "hours": "2", "uses": "5"}
+    )
     assert r.status_code == 200
     m = re.search(
         r"rekindle agent enroll --cloud https://cloud.test --ca-fingerprint (\S+) "
@@ -119,7 +121,9 @@ def test_groups_activation_and_server_pages(browser: TestClient, cloud: Cloud) -
         r.text,
     )
     assert m is not None, r.text
-    assert "valid 2 hours" in r.text
+    assert "valid 2 hours, for 5 servers" in r.text
+    r = browser.post(f"/ui/groups/{group.id}/activation", data={"csrf": csrf, "hours": "0"})
+    assert r.status_code == 422
 
     server = cloud.enroll("db1", group.id)
     r = browser.post(
