@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,6 +69,10 @@ def cloud(database_url: str, tmp_path: Path) -> Iterator[Cloud]:
     _org, password = svc.create_organization("acme", "admin@acme.test", "correct horse")
     admin = svc.list_admins_by_email("admin@acme.test")
     yield Cloud(state, svc, clock, Actor(admin.id, admin.org_id, admin.role), password)
+    # A connection still referenced only by garbage (a traceback's frames, say) goes back to
+    # the pool first, so that disposing the engine closes it rather than leaving it to a
+    # finalizer in some later test.
+    gc.collect()
     svc.db.close()
 
 
