@@ -139,3 +139,12 @@ def test_other_organizations_are_invisible(api: TestClient, cloud: Cloud) -> Non
 def test_logout_ends_the_session(api: TestClient) -> None:
     assert api.post("/api/v1/logout").status_code == 204
     assert api.get("/api/v1/servers").status_code == 401
+
+
+def test_removing_a_server_through_the_api(api: TestClient, cloud: Cloud) -> None:
+    server = cloud.enroll("api-gone")
+    r = api.delete(f"/api/v1/servers/{server}")
+    assert r.status_code == 409 and "before removing it" in r.json()["detail"]
+    assert api.patch(f"/api/v1/servers/{server}", json={"enabled": False}).status_code == 200
+    assert api.delete(f"/api/v1/servers/{server}").status_code == 204
+    assert api.get(f"/api/v1/servers/{server}").status_code == 404

@@ -262,3 +262,16 @@ def test_the_dashboard_charts_data_per_day_and_storage_growth(
         "2026-03-05: 1.5 KiB",
     ]
     assert "3.3x" in page  # 5000 bytes backed up, 1500 stored
+
+
+def test_a_disabled_server_is_removed_from_its_page(browser: TestClient, cloud: Cloud) -> None:
+    server = cloud.enroll("gone1")
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    assert "Remove this server" not in browser.get(f"/ui/servers/{server}").text
+    r = browser.post(f"/ui/servers/{server}/remove", data={"csrf": csrf})
+    assert r.status_code == 409 and "before removing it" in r.text
+    browser.post(f"/ui/servers/{server}/enabled", data={"csrf": csrf, "enabled": "false"})
+    assert "Remove this server" in browser.get(f"/ui/servers/{server}").text
+    r = browser.post(f"/ui/servers/{server}/remove", data={"csrf": csrf})
+    assert r.status_code == 303 and "removed" in r.headers["location"]
+    assert browser.get(f"/ui/servers/{server}").status_code == 404

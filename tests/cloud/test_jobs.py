@@ -273,3 +273,37 @@ def test_a_group_on_another_storage_sends_its_agents_there(cloud: Cloud) -> None
     cloud.connect(server)
     job = cloud.svc.claim_job(server)
     assert job is not None and job.storage_url == "https://node-b.example:8444"
+
+
+def test_a_server_is_removed_only_once_disabled_and_its_catalog_goes(cloud: Cloud) -> None:
+    from rekindle.cloud.services import ConflictError, NotFoundError
+
+    server = cloud.enroll("old1")
+    keep = cloud.enroll("keep1")
+    _backup_set(cloud, server)
+    _backup_set(cloud, keep)
+    cloud.backup_reported(
+        server,
+        p.JobResult(
+            state="partial",
+            snapshot_id="ef" * 32,
+            missed=[p.MissedFile(path="/srv/x", reason="Permission denied")],
+        ),
+    )
+    cloud.backup_reported(keep, p.JobResult(state="succeeded", snapshot_id="fe" * 32))
+    with pytest.raises(ConflictError, match="before removing it"):
+        cloud.svc.remove_server(cloud.admin, server)
+    cloud.svc.set_server_enabled(cloud.admin, server, False)
+    fingerprint = cloud.svc.get_server(cloud.admin, server).cert_fingerprint
+    cloud.svc.remove_server(cloud.admin, server)
+    with pytest.raises(NotFoundError):
+        cloud.svc.get_server(cloud.admin, server)
+    assert [rp.server_id for rp in cloud.svc.list_restore_points(cloud.admin)] == [keep]
+    assert {j.server_id for j in cloud.svc.list_jobs(cloud.admin)} == {keep}
+    kinds = [e.kind for e in cloud.svc.list_events(cloud.admin)]
+    assert "server.removed" in kinds and "job.partial" in kinds  # events keep their text
+    # its agent's certificate no longer names a server
+    from rekindle.cloud.security import AuthError
+
+    with pytest.raises(AuthError, match="no enrolled server"):
+        cloud.svc.agent_server(fingerprint)

@@ -167,6 +167,14 @@ def servers(as_json: JsonOpt = False) -> None:
     )
 
 
+@app.command("server-remove")
+def server_remove(server_id: int) -> None:
+    """Remove a disabled server: its backup sets, jobs and restore points leave the catalog
+    (the data stays in the repository until pruned)."""
+    call("DELETE", f"/servers/{server_id}")
+    sys.stdout.write(f"server {server_id} removed\n")
+
+
 @app.command("server-disable")
 def server_disable(server_id: int, as_json: JsonOpt = False) -> None:
     """Disable a server: its agent certificate is refused from the next request on."""

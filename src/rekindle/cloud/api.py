@@ -170,6 +170,10 @@ def admin_router() -> APIRouter:
         row = await run_in_threadpool(svc.set_server_enabled, me, server_id, body.enabled)
         return _server_out(svc, row)
 
+    @r.delete("/servers/{server_id}", status_code=204)
+    async def remove_server(server_id: int, svc: Svc, me: Me) -> None:
+        await run_in_threadpool(svc.remove_server, me, server_id)
+
     @r.get("/servers/{server_id}/backup-sets", response_model=list[sc.BackupSetOut])
     async def backup_sets(server_id: int, svc: Svc, me: Me) -> Any:
         return await run_in_threadpool(svc.list_backup_sets, me, server_id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from rekindle.cloud import schedule
@@ -483,6 +483,43 @@ class CloudServices:
     def get_server(self, actor: Actor, server_id: int) -> Server:
         with self.db.session() as s:
             return self._server(s, server_id, actor)
+
+    def remove_server(self, actor: Actor, server_id: int) -> None:
+        """Forget a disabled server: its backup sets, jobs and restore points leave the
+        catalog; events keep their text without the link. The data it backed up stays in the
+        organization's repository (other servers may share it) until it is pruned."""
+        actor.require_write()
+        with self.db.session() as s:
+            server = self._server(s, server_id, actor)
+            if server.enabled:
+                raise ConflictError(f"disable {server.hostname} before removing it")
+            busy = s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.server_id == server_id, Job.state == "running")
+            )
+            if busy:
+                raise ConflictError(f"{server.hostname} is running a job: cancel it first")
+            jobs = select(Job.id).where(Job.server_id == server_id)
+            s.execute(
+                update(Event)
+                .where(or_(Event.server_id == server_id, Event.job_id.in_(jobs)))
+                .values(server_id=None, job_id=None)
+            )
+            s.execute(delete(MissedFileRow).where(MissedFileRow.job_id.in_(jobs)))
+            s.execute(delete(RestorePoint).where(RestorePoint.server_id == server_id))
+            s.execute(delete(Job).where(Job.server_id == server_id))
+            s.execute(delete(BackupSet).where(BackupSet.server_id == server_id))
+            hostname = server.hostname
+            s.delete(server)
+            self._audit(s, actor, actor.org_id, "server.remove", hostname)
+            self._event(
+                s,
+                actor.org_id,
+                "info",
+                "server.removed",
+                f"server {hostname} was removed; its data stays in the repository until pruned",
+            )
 
     def set_server_enabled(self, actor: Actor, server_id: int, enabled: bool) -> Server:
         actor.require_write()

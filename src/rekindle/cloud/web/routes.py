@@ -199,6 +199,15 @@ def console_router() -> APIRouter:
         word = "enabled" if enabled else "disabled: its agent is refused from now on"
         return _back(f"/ui/servers/{server_id}", f"Server {word}.")
 
+    @r.post("/servers/{server_id}/remove")
+    async def remove_server(request: Request, server_id: int) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        await _act(request, page, lambda: page.svc.remove_server(page.actor, server_id))
+        return _back(
+            "/ui/servers", "Server removed; its data stays in the repository until pruned."
+        )
+
     @r.post("/servers/{server_id}/backup-sets")
     async def add_backup_set(
         request: Request,
