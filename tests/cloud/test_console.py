@@ -275,3 +275,15 @@ def test_a_disabled_server_is_removed_from_its_page(browser: TestClient, cloud: 
     r = browser.post(f"/ui/servers/{server}/remove", data={"csrf": csrf})
     assert r.status_code == 303 and "removed" in r.headers["location"]
     assert browser.get(f"/ui/servers/{server}").status_code == 404
+
+
+def test_the_running_panel_shows_running_jobs_only(browser: TestClient, cloud: Cloud) -> None:
+    server = cloud.enroll("busy1")
+    cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], [])
+    _login(browser, "admin@acme.test", cloud.password)
+    job = cloud.svc.backup_now(cloud.admin, server, None)
+    assert "No job is running" in browser.get("/ui/running").text  # queued is not running
+    cloud.connect(server)
+    assert cloud.svc.claim_job(server) is not None
+    panel = browser.get("/ui/running").text
+    assert f"Job {job.id}</a>: backup on server {server}" in panel

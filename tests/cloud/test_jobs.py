@@ -293,7 +293,14 @@ def test_a_server_is_removed_only_once_disabled_and_its_catalog_goes(cloud: Clou
     cloud.backup_reported(keep, p.JobResult(state="succeeded", snapshot_id="fe" * 32))
     with pytest.raises(ConflictError, match="before removing it"):
         cloud.svc.remove_server(cloud.admin, server)
+    cloud.svc.backup_now(cloud.admin, server, None)
+    cloud.connect(server)
+    running = cloud.svc.claim_job(server)
+    assert running is not None
     cloud.svc.set_server_enabled(cloud.admin, server, False)
+    with pytest.raises(ConflictError, match="running a job"):
+        cloud.svc.remove_server(cloud.admin, server)
+    cloud.svc.finish_job(server, running.job_id, p.JobResult(state="failed", error="t"))
     fingerprint = cloud.svc.get_server(cloud.admin, server).cert_fingerprint
     cloud.svc.remove_server(cloud.admin, server)
     with pytest.raises(NotFoundError):

@@ -17,11 +17,8 @@ from pathlib import Path
 from rekindle.agent.snapshots import freeze
 from rekindle.agent.state import AgentState
 from rekindle.core.errors import NotARepositoryError, RekindleError, UsageError
-from rekindle.format.registry import NodeType
-from rekindle.format.snapshot import Snapshot
 from rekindle.net import protocol as p
 from rekindle.repository.backup import BackupOptions, BackupStats, BackupStopped, backup
-from rekindle.repository.browse import walk
 from rekindle.repository.repo import Repository, Secret
 from rekindle.repository.restore import Existing, RestoreOptions, RestoreStats, restore
 from rekindle.store.base import Backend
@@ -219,16 +216,6 @@ def check_destination(target: Path) -> tuple[Path, int]:
     return probe, st.f_bavail * st.f_frsize
 
 
-def restore_size(repo: Repository, snap: Snapshot, includes: list[str]) -> int:
-    """Bytes of the files a restore of `includes` (everything when empty) writes."""
-    total = 0
-    for start in includes or [""]:
-        for _path, node in walk(repo, snap, start.strip("/")):
-            if node.type is NodeType.FILE:
-                total += node.size
-    return total
-
-
 def run_restore(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.JobResult:
     spec = job.restore
     if spec is None:
@@ -237,17 +224,18 @@ def run_restore(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.
     if not target.is_absolute():
         raise UsageError(f"restore destination {target} must be an absolute path")
     where, free = check_destination(target)
+    # The cloud counted the restore's size when it planned it. Files that exist may be
+    # overwritten in place, but count everything: failing clearly before writing (or even
+    # connecting to the storage node) beats failing half-way.
+    need = spec.size
+    if need > free:
+        raise UsageError(
+            f"not enough free space at {where}: the restore needs {need} bytes, "
+            f"{free} are free; nothing was written"
+        )
     repo = open_repository(job, ctx.state, create=False)
     try:
         snap = repo.find_snapshot(spec.snapshot)
-        need = restore_size(repo, snap, spec.include)
-        # Files that exist may be overwritten in place, but count everything: failing
-        # clearly before writing beats failing half-way.
-        if need > free:
-            raise UsageError(
-                f"not enough free space at {where}: the restore needs {need} bytes, "
-                f"{free} are free; nothing was written"
-            )
         target.mkdir(parents=True, exist_ok=True)
         stats_holder: list[RestoreStats] = []
         started = time.monotonic()

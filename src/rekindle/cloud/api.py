@@ -26,17 +26,24 @@ from rekindle.net.tlsserver import client_cert_der
 _bearer = HTTPBearer(auto_error=False)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    statuses: list[tuple[type[Exception], int]] = [
-        (ForbiddenError, 403),
-        (AuthError, 401),
-        (NotFoundError, 404),
-        (ConflictError, 409),
-        (UsageError, 422),
-        (PlanningError, 503),  # the storage node is unreachable or the data cannot be read
-    ]
+#: HTTP status of each refusal the services raise (the console shows the same on its pages).
+ERROR_STATUS: list[tuple[type[Exception], int]] = [
+    (ForbiddenError, 403),
+    (AuthError, 401),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (UsageError, 422),
+    (PlanningError, 503),  # the storage node is unreachable or the data cannot be read
+]
 
-    for cls, status in statuses:
+
+def status_of(exc: Exception) -> int:
+    """The status for a service's refusal: 400 for any other RekindleError."""
+    return next((status for cls, status in ERROR_STATUS if isinstance(exc, cls)), 400)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for cls, status in ERROR_STATUS:
 
         def handler(_req: Request, exc: Exception, status: int = status) -> JSONResponse:
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

@@ -107,13 +107,22 @@ class StorageCatalog:
         return entries
 
     def plan_restore(
-        self, storage_url: str, org: int, repo_key: bytes, snapshot: str, include: list[str]
+        self,
+        storage_url: str,
+        org: int,
+        repo_key: bytes,
+        snapshot: str,
+        include: list[str],
+        *,
+        register: bool = True,
     ) -> RestorePlan:
-        """Raises UsageError when a chosen path is not in the restore point, PlanningError
-        when the repository cannot be read."""
+        """Plan a restore of `include`; with `register`, tell the node its grant. Raises
+        UsageError when a chosen path is not in the restore point, PlanningError when the
+        repository cannot be read."""
         with self._repository(storage_url, org, repo_key) as (repo, http):
             needs = restore_needs(repo, repo.read_snapshot(snapshot), include)
             body = "\n".join(needs.packs).encode("ascii")
             digest = hashlib.sha256(body).hexdigest()
-            http.register_grant(digest, body)
+            if register:
+                http.register_grant(digest, body)
         return RestorePlan(digest, len(needs.packs), needs.files, needs.bytes)

@@ -681,9 +681,8 @@ class CloudServices:
                 )
             if not target.enabled:
                 raise ConflictError(f"server {target.hostname} is disabled")
+            src = self._source_of(s, rp, source)
         # Outside the transaction: planning reads the repository over the network.
-        src = self._restore_source(actor, restore_point_id)
-        storage_url = src.storage_url
         plan = self._catalog().plan_restore(
             src.storage_url, src.org_id, src.repo_key, src.snapshot, include
         )
@@ -698,7 +697,7 @@ class CloudServices:
                 "original_paths": rp.paths,
                 "include": include,
                 "existing": existing,
-                "storage_url": storage_url,
+                "storage_url": src.storage_url,
                 "grant": plan.grant,
                 "files": plan.files,
                 "bytes": plan.bytes,
@@ -963,20 +962,28 @@ class CloudServices:
             raise PlanningError("this cloud has no access to storage nodes to read restore points")
         return self.catalog
 
-    def _restore_source(self, actor: Actor, restore_point_id: int) -> _Source:
+    def _source_of(self, s: Session, rp: RestorePoint, source: Server) -> _Source:
         """Where a restore point's data is (the storage of the source server's group) and
         how to open it."""
+        group = _must(s.get(ServerGroup, source.group_id))
+        org = _must(s.get(Organization, rp.org_id))
+        return _Source(
+            storage_url=_must(s.get(Storage, group.storage_id)).url,
+            org_id=rp.org_id,
+            repo_key=self.kek.open(org.repo_key_sealed, f"org:{org.id}".encode()),
+            snapshot=rp.snapshot_id,
+        )
+
+    def _restore_source(self, actor: Actor, restore_point_id: int) -> _Source:
         with self.db.session() as s:
             rp: RestorePoint = self._get(s, RestorePoint, restore_point_id, actor)
-            source = self._server(s, rp.server_id, actor)
-            group = _must(s.get(ServerGroup, source.group_id))
-            org = _must(s.get(Organization, rp.org_id))
-            return _Source(
-                storage_url=_must(s.get(Storage, group.storage_id)).url,
-                org_id=rp.org_id,
-                repo_key=self.kek.open(org.repo_key_sealed, f"org:{org.id}".encode()),
-                snapshot=rp.snapshot_id,
-            )
+            return self._source_of(s, rp, self._server(s, rp.server_id, actor))
+
+    def get_restore_point(self, actor: Actor, restore_point_id: int) -> RestorePoint:
+        with self.db.session() as s:
+            rp: RestorePoint = self._get(s, RestorePoint, restore_point_id, actor)
+            self._server(s, rp.server_id, actor)  # a group admin sees only their groups'
+            return rp
 
     def browse_restore_point(self, actor: Actor, restore_point_id: int, path: str) -> list[Entry]:
         """One directory of a restore point, for choosing what to restore."""
@@ -986,10 +993,11 @@ class CloudServices:
         )
 
     def restore_size(self, actor: Actor, restore_point_id: int, include: list[str]) -> RestorePlan:
-        """What a restore of `include` (everything when empty) would write: files and bytes."""
+        """What a restore of `include` (everything when empty) would write: files and bytes.
+        Nothing is registered with the storage node: the restore, once started, plans again."""
         src = self._restore_source(actor, restore_point_id)
         return self._catalog().plan_restore(
-            src.storage_url, src.org_id, src.repo_key, src.snapshot, include
+            src.storage_url, src.org_id, src.repo_key, src.snapshot, include, register=False
         )
 
     @staticmethod
@@ -1062,7 +1070,7 @@ class CloudServices:
         key = self.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
         a = p.JobAssignment(
             job_id=job.id,
-            kind="restore" if job.kind == "restore" else "backup",
+            kind="restore" if restoring else "backup",
             org_id=job.org_id,
             storage_url=str(job.params.get("storage_url", storage.url)),
             storage_token=tokens.sign(self.token_key, claims),
@@ -1087,6 +1095,7 @@ class CloudServices:
                 target=prm["target"],
                 existing=prm.get("existing", "skip"),
                 original_paths=list(prm.get("original_paths", [])) if prm.get("original") else [],
+                size=int(prm.get("bytes", 0)),
             )
         return a
 

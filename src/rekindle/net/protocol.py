@@ -63,6 +63,8 @@ class RestoreSpec(BaseModel):
     existing: Existing = "skip"
     #: Where the files were backed up from, to restore "to the original location".
     original_paths: list[str] = []
+    #: Bytes the restore writes, as the cloud counted them when it planned the restore.
+    size: int = Field(default=0, ge=0)
 
 
 class JobAssignment(BaseModel):

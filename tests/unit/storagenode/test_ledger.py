@@ -50,3 +50,17 @@ def test_a_grant_must_match_its_digest() -> None:
     with pytest.raises(UsageError, match="digest"):
         ledger.add_grant(1, "00" * 32, A.encode())
     assert ledger.grant(1, "00" * 32) is None
+
+
+def test_a_grant_is_forgotten_after_its_lifetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rekindle.storagenode import ledger as mod
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(mod.time, "time", lambda: now[0])
+    ledger = NodeLedger(None)
+    old, new = A.encode(), B.encode()
+    ledger.add_grant(1, grant_digest(old), old)
+    now[0] += mod.GRANT_LIFETIME_S + 1
+    ledger.add_grant(1, grant_digest(new), new)  # registering sweeps the expired ones
+    assert ledger.grant(1, grant_digest(new)) == {B}
+    assert ledger.grant(1, grant_digest(old)) is None

@@ -18,20 +18,21 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from rekindle import __version__
+from rekindle.cloud.api import status_of
 from rekindle.cloud.describe import describe_policy
 from rekindle.cloud.schedule import DAY_NAMES
-from rekindle.cloud.security import AuthError, ForbiddenError
-from rekindle.cloud.services import (
-    Actor,
-    CloudServices,
-    ConflictError,
-    NotFoundError,
-    policy_fields,
-)
+from rekindle.cloud.security import AuthError
+from rekindle.cloud.services import Actor, CloudServices, policy_fields
 from rekindle.cloud.web import session as sess
 from rekindle.cloud.web.charts import bar_chart, line_chart
 from rekindle.cloud.web.forms import default_policy_form, policy_from_form, policy_values
-from rekindle.cloud.web.views import dashboard_view, human_bytes, human_time, job_view
+from rekindle.cloud.web.views import (
+    dashboard_view,
+    human_bytes,
+    human_time,
+    job_view,
+    running_jobs,
+)
 from rekindle.core.errors import RekindleError, UsageError
 
 _HERE = Path(__file__).parent
@@ -136,8 +137,8 @@ def console_router() -> APIRouter:
     async def running(request: Request) -> Response:
         """The running-jobs panel alone: htmx swaps it in every 2 seconds."""
         page = await _page(request)
-        view = await run_in_threadpool(dashboard_view, page.svc, page.actor)
-        return _render(request, page, "_running.html", view=view)
+        running = await run_in_threadpool(running_jobs, page.svc, page.actor)
+        return _render(request, page, "_running.html", running=running)
 
     @r.get("/servers", response_class=HTMLResponse)
     async def servers(request: Request, group: int | None = None, q: str = "") -> Response:
@@ -166,7 +167,7 @@ def console_router() -> APIRouter:
     async def backup_now(request: Request, server_id: int) -> Response:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
-        job = await _act(request, page, lambda: page.svc.backup_now(page.actor, server_id, None))
+        job = await _act(lambda: page.svc.backup_now(page.actor, server_id, None))
         return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
 
     @r.get("/servers/{server_id}", response_class=HTMLResponse)
@@ -184,7 +185,7 @@ def console_router() -> APIRouter:
                 "points": svc.list_restore_points(me, server_id)[:20],
             }
 
-        ctx = await _act(request, page, load)
+        ctx = await _act(load)
         return _render(request, page, "server.html", title=ctx["server"].hostname, **ctx)
 
     @r.post("/servers/{server_id}/enabled")
@@ -193,9 +194,7 @@ def console_router() -> APIRouter:
     ) -> Response:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
-        await _act(
-            request, page, lambda: page.svc.set_server_enabled(page.actor, server_id, enabled)
-        )
+        await _act(lambda: page.svc.set_server_enabled(page.actor, server_id, enabled))
         word = "enabled" if enabled else "disabled: its agent is refused from now on"
         return _back(f"/ui/servers/{server_id}", f"Server {word}.")
 
@@ -203,7 +202,7 @@ def console_router() -> APIRouter:
     async def remove_server(request: Request, server_id: int) -> Response:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
-        await _act(request, page, lambda: page.svc.remove_server(page.actor, server_id))
+        await _act(lambda: page.svc.remove_server(page.actor, server_id))
         return _back(
             "/ui/servers", "Server removed; its data stays in the repository until pruned."
         )
@@ -220,8 +219,6 @@ def console_router() -> APIRouter:
         await sess.check_csrf(request, page.csrf)
         inc, exc = _lines(include), _lines(exclude)
         await _act(
-            request,
-            page,
             lambda: page.svc.create_backup_set(page.actor, server_id, name.strip(), inc, exc),
         )
         return _back(f"/ui/servers/{server_id}", f"Backup set {name.strip()!r} added.")
@@ -238,7 +235,7 @@ def console_router() -> APIRouter:
                 "storages": {x.id: x for x in svc.list_storages(me)},
             }
 
-        ctx = await _act(request, page, load)
+        ctx = await _act(load)
         return _render(request, page, "groups.html", title="Server groups", **ctx)
 
     @r.post("/groups")
@@ -251,7 +248,7 @@ def console_router() -> APIRouter:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
         pol, sto = _opt_int(policy), _opt_int(storage)
-        await _act(request, page, lambda: page.svc.create_group(page.actor, name.strip(), pol, sto))
+        await _act(lambda: page.svc.create_group(page.actor, name.strip(), pol, sto))
         return _back("/ui/groups", f"Group {name.strip()!r} created.")
 
     @r.post("/groups/{group_id}/activation", response_class=HTMLResponse)
@@ -264,8 +261,6 @@ def console_router() -> APIRouter:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
         token = await _act(
-            request,
-            page,
             lambda: page.svc.create_activation_token(page.actor, group_id, hours, uses),
         )
         url = str(request.base_url).rstrip("/")
@@ -286,7 +281,7 @@ def console_router() -> APIRouter:
     @r.get("/policies", response_class=HTMLResponse)
     async def policies(request: Request) -> Response:
         page = await _page(request)
-        rows = await _act(request, page, lambda: page.svc.list_policies(page.actor))
+        rows = await _act(lambda: page.svc.list_policies(page.actor))
         return _render(
             request,
             page,
@@ -300,7 +295,7 @@ def console_router() -> APIRouter:
     @r.get("/policies/{policy_id}", response_class=HTMLResponse)
     async def policy(request: Request, policy_id: int) -> Response:
         page = await _page(request)
-        rows = await _act(request, page, lambda: page.svc.list_policies(page.actor))
+        rows = await _act(lambda: page.svc.list_policies(page.actor))
         row = next((p for p in rows if p.id == policy_id), None)
         if row is None:
             raise PageError(404, f"no backup policy {policy_id}")
@@ -332,7 +327,7 @@ def console_router() -> APIRouter:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
         name, fields = _checked(policy_from_form, await request.form())
-        row = await _act(request, page, lambda: page.svc.create_policy(page.actor, name, **fields))
+        row = await _act(lambda: page.svc.create_policy(page.actor, name, **fields))
         return _back(f"/ui/policies/{row.id}", f"Policy {name!r} created.")
 
     @r.post("/policies/{policy_id}")
@@ -340,7 +335,7 @@ def console_router() -> APIRouter:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
         _name, fields = _checked(policy_from_form, await request.form())
-        await _act(request, page, lambda: page.svc.update_policy(page.actor, policy_id, **fields))
+        await _act(lambda: page.svc.update_policy(page.actor, policy_id, **fields))
         return _back(f"/ui/policies/{policy_id}", "Policy saved.")
 
     # -- the restore wizard: server, restore point, what, where, confirm -----------------------
@@ -362,16 +357,14 @@ def console_router() -> APIRouter:
                 "points": svc.list_restore_points(me, server),
             }
 
-        ctx = await _act(request, page, load)
+        ctx = await _act(load)
         return _render(request, page, "restore_start.html", title="Restore", **ctx)
 
     @r.get("/restore/{rp_id}/browse", response_class=HTMLResponse)
     async def restore_browse(request: Request, rp_id: int, path: str = "") -> Response:
         page = await _page(request)
         path = path.strip("/")
-        entries = await _act(
-            request, page, lambda: page.svc.browse_restore_point(page.actor, rp_id, path)
-        )
+        entries = await _act(lambda: page.svc.browse_restore_point(page.actor, rp_id, path))
         parts = [p for p in path.split("/") if p]
         crumbs = [("/".join(parts[: i + 1]), part) for i, part in enumerate(parts)]
         return _render(
@@ -393,12 +386,12 @@ def console_router() -> APIRouter:
         def load() -> dict[str, Any]:
             svc, me = page.svc, page.actor
             plan = svc.restore_size(me, rp_id, include)
-            point = next(p for p in svc.list_restore_points(me) if p.id == rp_id)
+            point = svc.get_restore_point(me, rp_id)
             source = svc.get_server(me, point.server_id)
             others = [s for s in svc.list_servers(me) if s.enabled]
             return {"plan": plan, "point": point, "source": source, "servers": others}
 
-        ctx = await _act(request, page, load)
+        ctx = await _act(load)
         return _render(
             request,
             page,
@@ -422,8 +415,6 @@ def console_router() -> APIRouter:
         if where == "path" and not path:
             raise PageError(422, "give the directory to restore into")
         job = await _act(
-            request,
-            page,
             lambda: page.svc.start_restore(
                 page.actor,
                 rp_id,
@@ -438,13 +429,13 @@ def console_router() -> APIRouter:
     @r.get("/events", response_class=HTMLResponse)
     async def events(request: Request) -> Response:
         page = await _page(request)
-        rows = await _act(request, page, lambda: page.svc.list_events(page.actor, 200))
+        rows = await _act(lambda: page.svc.list_events(page.actor, 200))
         return _render(request, page, "events.html", title="Events", events=rows)
 
     @r.get("/audit", response_class=HTMLResponse)
     async def audit(request: Request) -> Response:
         page = await _page(request)
-        rows = await _act(request, page, lambda: page.svc.list_audit(page.actor, 200))
+        rows = await _act(lambda: page.svc.list_audit(page.actor, 200))
         return _render(request, page, "audit.html", title="Audit log", entries=rows)
 
     @r.get("/admins", response_class=HTMLResponse)
@@ -458,7 +449,7 @@ def console_router() -> APIRouter:
                 "storages": page.svc.list_storages(page.actor),
             }
 
-        ctx = await _act(request, page, load)
+        ctx = await _act(load)
         return _render(request, page, "admins.html", title="Administrators", **ctx)
 
     @r.post("/admins", response_class=HTMLResponse)
@@ -472,8 +463,6 @@ def console_router() -> APIRouter:
         form = await request.form()
         groups = [int(str(g)) for g in form.getlist("group") if str(g).isdigit()]
         _id, password = await _act(
-            request,
-            page,
             lambda: page.svc.create_admin(page.actor, email.strip(), role, groups),
         )
         return _render(
@@ -501,7 +490,7 @@ def console_router() -> APIRouter:
     @r.get("/jobs/{job_id}", response_class=HTMLResponse)
     async def job(request: Request, job_id: int) -> Response:
         page = await _page(request)
-        row, missed = await _act(request, page, lambda: page.svc.get_job(page.actor, job_id))
+        row, missed = await _act(lambda: page.svc.get_job(page.actor, job_id))
         name = "_job.html" if request.headers.get("HX-Request") else "job.html"
         return _render(request, page, name, job=job_view(row), missed=missed, title=f"Job {job_id}")
 
@@ -509,7 +498,7 @@ def console_router() -> APIRouter:
     async def cancel(request: Request, job_id: int) -> Response:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
-        await _act(request, page, lambda: page.svc.cancel_job(page.actor, job_id))
+        await _act(lambda: page.svc.cancel_job(page.actor, job_id))
         return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
     return r
@@ -567,22 +556,13 @@ def _opt_int(text: str) -> int | None:
         raise PageError(422, f"{text!r} is not a number") from None
 
 
-async def _act(request: Request, page: Page, fn: Callable[[], Any]) -> Any:
+async def _act(fn: Callable[[], Any]) -> Any:
     """Run a service call for a page; a refusal (role, conflict, bad input) becomes an error
-    page with the service's own message instead of the API's JSON."""
+    page with the service's own message and the API's status instead of the API's JSON."""
     try:
         return await run_in_threadpool(fn)
-    except (ForbiddenError, NotFoundError, ConflictError, RekindleError) as e:
-        status = (
-            403
-            if isinstance(e, ForbiddenError)
-            else 404
-            if isinstance(e, NotFoundError)
-            else 409
-            if isinstance(e, ConflictError)
-            else 422
-        )
-        raise PageError(status, str(e)) from e
+    except RekindleError as e:
+        raise PageError(status_of(e), str(e)) from e
 
 
 class PageError(Exception):

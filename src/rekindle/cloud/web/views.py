@@ -108,15 +108,18 @@ class DashboardView:
         return f"{self.raw_bytes / self.stored_bytes:.1f}x" if self.stored_bytes else "-"
 
 
+def running_jobs(svc: CloudServices, actor: Actor) -> list[JobView]:
+    """The jobs running now (the dashboard's live panel asks for them every 2 seconds)."""
+    return [job_view(j) for j in svc.list_jobs(actor, state="running")]
+
+
 def dashboard_view(svc: CloudServices, actor: Actor) -> DashboardView:
     view = DashboardView()
-    jobs = svc.list_jobs(actor, limit=1000)
     last: dict[int, JobView] = {}
-    for job in jobs:  # newest first
+    for job in svc.list_jobs(actor, limit=1000):  # newest first
         if job.kind == "backup" and job.state not in ("queued", "running"):
             last.setdefault(job.server_id, job_view(job))
-        if job.state == "running":
-            view.running.append(job_view(job))
+    view.running = running_jobs(svc, actor)
     for server in svc.list_servers(actor):
         view.servers.append(ServerRow(server, svc.is_connected(server), last.get(server.id)))
     points = svc.list_restore_points(actor)
