@@ -3,7 +3,11 @@ clear message, never a 500), the audit log and the published OpenAPI."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
+
+from rekindle.net import protocol as p
 
 from tests.cloud.conftest import Cloud
 
@@ -148,3 +152,105 @@ def test_removing_a_server_through_the_api(api: TestClient, cloud: Cloud) -> Non
     assert api.patch(f"/api/v1/servers/{server}", json={"enabled": False}).status_code == 200
     assert api.delete(f"/api/v1/servers/{server}").status_code == 204
     assert api.get(f"/api/v1/servers/{server}").status_code == 404
+
+
+def _backup_set(api: TestClient, server: int, name: str = "docs") -> dict[str, Any]:
+    r = api.post(f"/api/v1/servers/{server}/backup-sets", json={"name": name, "include": ["/srv"]})
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_a_backup_set_is_edited_and_removed(api: TestClient, cloud: Cloud) -> None:
+    server = cloud.enroll("sets")
+    first = _backup_set(api, server)
+    _backup_set(api, server, "other")
+    r = api.patch(
+        f"/api/v1/backup-sets/{first['id']}",
+        json={"name": "documents", "include": ["/srv", "/home"], "exclude": ["*.tmp"]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "id": first["id"],
+        "server_id": server,
+        "name": "documents",
+        "include": ["/srv", "/home"],
+        "exclude": ["*.tmp"],
+    }
+    r = api.patch(f"/api/v1/backup-sets/{first['id']}", json={"include": ["home"]})
+    assert r.status_code == 422 and "must be absolute" in r.json()["detail"]
+    r = api.patch(f"/api/v1/backup-sets/{first['id']}", json={"name": "other"})
+    assert r.status_code == 409 and "already has a backup set 'other'" in r.json()["detail"]
+    # the next backup reads the new paths
+    r = api.post(f"/api/v1/servers/{server}/backup-now", json={"backup_set_id": first["id"]})
+    assert r.status_code == 201
+    cloud.connect(server)
+    job = cloud.svc.claim_job(server)
+    assert job is not None and job.backup is not None
+    assert (job.backup.backup_set_name, job.backup.include, job.backup.exclude) == (
+        "documents",
+        ["/srv", "/home"],
+        ["*.tmp"],
+    )
+    cloud.svc.finish_job(server, job.job_id, p.JobResult(state="succeeded", snapshot_id="ef" * 32))
+    # a queued job holds the set; once it is cancelled the set goes, its restore point stays
+    queued = api.post(
+        f"/api/v1/servers/{server}/backup-now", json={"backup_set_id": first["id"]}
+    ).json()
+    r = api.delete(f"/api/v1/backup-sets/{first['id']}")
+    assert r.status_code == 409 and "cancel it first" in r.json()["detail"]
+    assert api.post(f"/api/v1/jobs/{queued['id']}/cancel").status_code == 200
+    assert api.delete(f"/api/v1/backup-sets/{first['id']}").status_code == 204
+    names = [b["name"] for b in api.get(f"/api/v1/servers/{server}/backup-sets").json()]
+    assert names == ["other"]
+    (point,) = api.get("/api/v1/restore-points", params={"server_id": server}).json()
+    assert point["backup_set_id"] is None and point["snapshot_id"] == "ef" * 32
+    assert api.delete(f"/api/v1/backup-sets/{first['id']}").status_code == 404
+    actions = [a["action"] for a in api.get("/api/v1/audit").json()]
+    assert "backup_set.update" in actions and "backup_set.remove" in actions
+
+
+def test_a_policy_in_use_is_not_removed(api: TestClient) -> None:
+    pol = api.post("/api/v1/policies", json={"name": "weekly", "days": "sun"}).json()
+    group = api.post("/api/v1/groups", json={"name": "g", "policy_id": pol["id"]}).json()
+    r = api.delete(f"/api/v1/policies/{pol['id']}")
+    assert r.status_code == 409 and "used by server group(s) g" in r.json()["detail"]
+    r = api.patch(f"/api/v1/groups/{group['id']}", json={"policy_id": None})
+    assert r.status_code == 200 and r.json()["policy_id"] is None
+    assert api.delete(f"/api/v1/policies/{pol['id']}").status_code == 204
+    assert "weekly" not in [x["name"] for x in api.get("/api/v1/policies").json()]
+    r = api.patch(f"/api/v1/groups/{group['id']}", json={"policy_id": pol["id"]})
+    assert r.status_code == 404
+
+
+def test_warnings_and_errors_are_alerts_until_acknowledged(api: TestClient, cloud: Cloud) -> None:
+    server = cloud.enroll("alerting")
+    other = cloud.enroll("quiet")
+    _backup_set(api, server)
+    _backup_set(api, other)
+    cloud.backup_reported(server, p.JobResult(state="failed", error="disk gone"))
+    cloud.backup_reported(other, p.JobResult(state="succeeded", snapshot_id="12" * 32))
+    alerts = api.get("/api/v1/alerts").json()
+    assert [(a["severity"], a["server_id"]) for a in alerts] == [("error", server)]
+    assert "disk gone" in alerts[0]["message"]
+    # the event list filters by severity and server
+    errors = api.get("/api/v1/events", params={"severity": "error"}).json()
+    assert [e["id"] for e in errors] == [alerts[0]["id"]]
+    quiet = api.get("/api/v1/events", params={"server_id": other}).json()
+    assert quiet and {e["server_id"] for e in quiet} == {other}
+    r = api.get("/api/v1/events", params={"severity": "loud"})
+    assert r.status_code == 422
+    # an info event is no alert; acknowledging needs ids or all, not both
+    r = api.post("/api/v1/alerts/acknowledge", json={"event_ids": [quiet[0]["id"]]})
+    assert r.status_code == 404 and "no open alert" in r.json()["detail"]
+    r = api.post("/api/v1/alerts/acknowledge", json={})
+    assert r.status_code == 422
+    r = api.post("/api/v1/alerts/acknowledge", json={"event_ids": [alerts[0]["id"]]})
+    assert r.status_code == 200 and r.json() == {"acknowledged": 1}
+    assert api.get("/api/v1/alerts").json() == []
+    (kept,) = api.get("/api/v1/events", params={"severity": "error"}).json()
+    assert kept["acknowledged"] is not None and kept["acknowledged_by"] == cloud.admin.admin_id
+    cloud.backup_reported(server, p.JobResult(state="failed", error="disk gone again"))
+    r = api.post("/api/v1/alerts/acknowledge", json={"all": True})
+    assert r.json() == {"acknowledged": 1}
+    assert "alert.acknowledge" in [a["action"] for a in api.get("/api/v1/audit").json()]

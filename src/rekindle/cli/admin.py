@@ -292,6 +292,29 @@ def policy_set(
     show(call("PATCH", f"/policies/{policy_id}", body), as_json, _POLICY_COLS)
 
 
+@app.command("policy-remove")
+def policy_remove(policy_id: int) -> None:
+    """Delete a backup policy that no server group uses."""
+    call("DELETE", f"/policies/{policy_id}")
+    sys.stdout.write(f"policy {policy_id} removed\n")
+
+
+@app.command("group-set-policy")
+def group_set_policy(
+    group_id: int,
+    policy: Annotated[
+        int | None, typer.Option(help="Backup policy id; leave out to back up only on demand.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a server group another backup policy."""
+    show(
+        call("PATCH", f"/groups/{group_id}", {"policy_id": policy}),
+        as_json,
+        ["id", "name", "policy_id", "storage_id"],
+    )
+
+
 @app.command("backup-sets")
 def backup_sets(server_id: int, as_json: JsonOpt = False) -> None:
     show(
@@ -315,6 +338,37 @@ def backup_set_add(
         as_json,
         ["id", "name", "include", "exclude"],
     )
+
+
+@app.command("backup-set-set")
+def backup_set_set(
+    backup_set_id: int,
+    name: Annotated[str | None, typer.Option(help="A new name.")] = None,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Replaces the include paths.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Replaces the exclude patterns.")
+    ] = None,
+    no_exclude: Annotated[bool, typer.Option(help="Remove every exclude pattern.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a backup set; the next backup follows it."""
+    body: dict[str, Any] = _policy_body(name=name, include=include, exclude=exclude)
+    if no_exclude:
+        body["exclude"] = []
+    show(
+        call("PATCH", f"/backup-sets/{backup_set_id}", body),
+        as_json,
+        ["id", "name", "include", "exclude"],
+    )
+
+
+@app.command("backup-set-remove")
+def backup_set_remove(backup_set_id: int) -> None:
+    """Stop backing up a backup set; its restore points stay until retention removes them."""
+    call("DELETE", f"/backup-sets/{backup_set_id}")
+    sys.stdout.write(f"backup set {backup_set_id} removed\n")
 
 
 @app.command("activation-token")
@@ -449,9 +503,36 @@ def restore_points(
     )
 
 
+_EVENT_COLS = ["id", "time", "severity", "kind", "server_id", "message"]
+
+
 @app.command()
-def events(as_json: JsonOpt = False) -> None:
-    show(call("GET", "/events"), as_json, ["id", "time", "severity", "kind", "message"])
+def events(
+    severity: Annotated[str | None, typer.Option(help="info, warning or error")] = None,
+    server: Annotated[int | None, typer.Option(help="Only this server's events.")] = None,
+    limit: Annotated[int, typer.Option()] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """List events, newest first."""
+    params = _policy_body(severity=severity, server_id=server, limit=limit)
+    show(call("GET", "/events", params=params), as_json, _EVENT_COLS)
+
+
+@app.command()
+def alerts(as_json: JsonOpt = False) -> None:
+    """List open alerts: warnings and errors no admin has acknowledged."""
+    show(call("GET", "/alerts"), as_json, _EVENT_COLS)
+
+
+@app.command("alerts-ack")
+def alerts_ack(
+    event_ids: Annotated[list[int] | None, typer.Argument(help="Alerts to acknowledge.")] = None,
+    all_open: Annotated[bool, typer.Option("--all", help="Every open alert.")] = False,
+) -> None:
+    """Acknowledge alerts; they stay in the event list."""
+    body = {"all": True} if all_open else {"event_ids": event_ids or []}
+    res = call("POST", "/alerts/acknowledge", body)
+    sys.stdout.write(f"{res['acknowledged']} alert(s) acknowledged\n")
 
 
 @app.command()

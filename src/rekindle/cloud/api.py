@@ -136,6 +136,10 @@ def admin_router() -> APIRouter:
         fields = body.model_dump(exclude_unset=True)
         return await run_in_threadpool(lambda: svc.update_policy(me, policy_id, **fields))
 
+    @r.delete("/policies/{policy_id}", status_code=204)
+    async def remove_policy(policy_id: int, svc: Svc, me: Me) -> None:
+        await run_in_threadpool(svc.remove_policy, me, policy_id)
+
     @r.get("/groups", response_model=list[sc.GroupOut])
     async def groups(svc: Svc, me: Me) -> Any:
         return await run_in_threadpool(svc.list_groups, me)
@@ -145,6 +149,10 @@ def admin_router() -> APIRouter:
         return await run_in_threadpool(
             svc.create_group, me, body.name, body.policy_id, body.storage_id
         )
+
+    @r.patch("/groups/{group_id}", response_model=sc.GroupOut)
+    async def edit_group(group_id: int, body: sc.GroupPatch, svc: Svc, me: Me) -> Any:
+        return await run_in_threadpool(svc.set_group_policy, me, group_id, body.policy_id)
 
     @r.post("/activation-tokens", response_model=sc.ActivationOut, status_code=201)
     async def activation(body: sc.ActivationIn, svc: Svc, me: Me, request: Request) -> Any:
@@ -191,6 +199,18 @@ def admin_router() -> APIRouter:
             svc.create_backup_set, me, server_id, body.name, body.include, body.exclude
         )
 
+    @r.patch("/backup-sets/{backup_set_id}", response_model=sc.BackupSetOut)
+    async def edit_backup_set(backup_set_id: int, body: sc.BackupSetPatch, svc: Svc, me: Me) -> Any:
+        return await run_in_threadpool(
+            lambda: svc.update_backup_set(
+                me, backup_set_id, name=body.name, include=body.include, exclude=body.exclude
+            )
+        )
+
+    @r.delete("/backup-sets/{backup_set_id}", status_code=204)
+    async def remove_backup_set(backup_set_id: int, svc: Svc, me: Me) -> None:
+        await run_in_threadpool(svc.remove_backup_set, me, backup_set_id)
+
     @r.post("/servers/{server_id}/backup-now", response_model=sc.JobOut, status_code=201)
     async def backup_now(server_id: int, body: sc.BackupNowIn, svc: Svc, me: Me) -> Any:
         return await run_in_threadpool(svc.backup_now, me, server_id, body.backup_set_id)
@@ -234,8 +254,28 @@ def admin_router() -> APIRouter:
         return await run_in_threadpool(svc.list_restore_points, me, server_id)
 
     @r.get("/events", response_model=list[sc.EventOut])
-    async def events(svc: Svc, me: Me, limit: Limit = 100) -> Any:
-        return await run_in_threadpool(svc.list_events, me, limit)
+    async def events(
+        svc: Svc,
+        me: Me,
+        limit: Limit = 100,
+        severity: sc.Severity | None = None,
+        server_id: int | None = None,
+    ) -> Any:
+        return await run_in_threadpool(
+            lambda: svc.list_events(me, limit, severity=severity, server_id=server_id)
+        )
+
+    @r.get("/alerts", response_model=list[sc.EventOut])
+    async def alerts(svc: Svc, me: Me, limit: Limit = 100) -> Any:
+        """Warnings and errors no admin has acknowledged yet, newest first."""
+        return await run_in_threadpool(lambda: svc.list_events(me, limit, alerts=True))
+
+    @r.post("/alerts/acknowledge", response_model=sc.AcknowledgedOut)
+    async def acknowledge(body: sc.AcknowledgeIn, svc: Svc, me: Me) -> Any:
+        ids = None if body.all else body.event_ids
+        return sc.AcknowledgedOut(
+            acknowledged=await run_in_threadpool(svc.acknowledge_alerts, me, ids)
+        )
 
     @r.get("/audit", response_model=list[sc.AuditOut])
     async def audit(svc: Svc, me: Me, limit: Limit = 100) -> Any:

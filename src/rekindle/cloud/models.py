@@ -228,6 +228,9 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text)
     server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    #: A warning or error is an open alert until an admin acknowledges it.
+    acknowledged: Mapped[datetime | None]
+    acknowledged_by: Mapped[int | None] = mapped_column(ForeignKey("admins.id"))
 
 
 class AuditEntry(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Out(BaseModel):
@@ -82,6 +82,11 @@ class GroupIn(BaseModel):
     storage_id: int | None = None
 
 
+class GroupPatch(BaseModel):
+    #: The group's backup policy; null: its servers back up only on demand.
+    policy_id: int | None
+
+
 class GroupOut(_Out):
     id: int
     name: str
@@ -128,6 +133,14 @@ class BackupSetIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     include: list[str] = Field(min_length=1, max_length=1000)
     exclude: list[str] = Field(default=[], max_length=10000)
+
+
+class BackupSetPatch(BaseModel):
+    """Fields of a backup set to change; omitted ones stay as they are."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    include: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+    exclude: list[str] | None = Field(default=None, max_length=10000)
 
 
 class BackupSetOut(_Out):
@@ -194,6 +207,9 @@ class RestorePointOut(_Out):
     partial: bool
 
 
+Severity = Literal["info", "warning", "error"]
+
+
 class EventOut(_Out):
     id: int
     time: datetime
@@ -202,6 +218,25 @@ class EventOut(_Out):
     message: str
     server_id: int | None
     job_id: int | None
+    acknowledged: datetime | None = None
+    acknowledged_by: int | None = None
+
+
+class AcknowledgeIn(BaseModel):
+    """Which alerts to acknowledge: the listed events, or every open one."""
+
+    event_ids: list[int] = Field(default=[], max_length=10000)
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AcknowledgeIn:
+        if self.all == bool(self.event_ids):
+            raise ValueError("give either event_ids or all=true")
+        return self
+
+
+class AcknowledgedOut(BaseModel):
+    acknowledged: int
 
 
 class AuditOut(_Out):

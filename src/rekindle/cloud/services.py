@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ACTIVE_JOB_STATES = ("queued", "running")
+SEVERITIES = ("info", "warning", "error")
+#: Events of these severities are alerts until an admin acknowledges them.
+ALERT_SEVERITIES = ("warning", "error")
 DEFAULT_RETENTION: dict[str, Any] = {"within_days": 60, "weekly": 24, "monthly": 12, "yearly": 3}
 
 
@@ -411,6 +414,23 @@ class CloudServices:
             self._audit(s, actor, actor.org_id, "policy.update", policy.name, **_jsonable(fields))
             return policy
 
+    def remove_policy(self, actor: Actor, policy_id: int) -> None:
+        """Delete a policy no server group uses (a group without a policy backs up only on
+        demand, so removing one in use would silently stop backups)."""
+        actor.require_org_admin()
+        with self.db.session() as s:
+            policy: BackupPolicy = self._get(s, BackupPolicy, policy_id, actor)
+            users = s.scalars(select(ServerGroup.name).where(ServerGroup.policy_id == policy.id))
+            names = sorted(users.all())
+            if names:
+                raise ConflictError(
+                    f"policy {policy.name!r} is used by server group(s) {', '.join(names)}: "
+                    "give them another policy first"
+                )
+            name = policy.name
+            s.delete(policy)
+            self._audit(s, actor, actor.org_id, "policy.remove", name)
+
     def list_policies(self, actor: Actor) -> list[BackupPolicy]:
         with self.db.session() as s:
             return list(
@@ -443,6 +463,18 @@ class CloudServices:
             s.add(group)
             s.flush()
             self._audit(s, actor, actor.org_id, "group.create", name, policy=policy_id)
+            return group
+
+    def set_group_policy(self, actor: Actor, group_id: int, policy_id: int | None) -> ServerGroup:
+        """Give a group another policy (None: back up only on demand). Its next scheduled
+        backups follow the new policy; running jobs keep the window they started with."""
+        actor.require_org_admin()
+        with self.db.session() as s:
+            group: ServerGroup = self._get(s, ServerGroup, group_id, actor)
+            if policy_id is not None:
+                self._get(s, BackupPolicy, policy_id, actor)
+            group.policy_id = policy_id
+            self._audit(s, actor, actor.org_id, "group.set_policy", group.name, policy=policy_id)
             return group
 
     def list_groups(self, actor: Actor) -> list[ServerGroup]:
@@ -561,6 +593,81 @@ class CloudServices:
             s.flush()
             self._audit(s, actor, actor.org_id, "backup_set.create", name, server=server.hostname)
             return bs
+
+    def _backup_set(self, s: Session, backup_set_id: int, actor: Actor) -> BackupSet:
+        bs = s.get(BackupSet, backup_set_id)
+        if bs is None or bs.org_id != actor.org_id:
+            raise NotFoundError(f"backup set {backup_set_id} not found")
+        self._server(s, bs.server_id, actor)  # a group admin sees only their groups' sets
+        return bs
+
+    def update_backup_set(
+        self,
+        actor: Actor,
+        backup_set_id: int,
+        *,
+        name: str | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> BackupSet:
+        """Change a backup set; the next backup reads the new paths (restore points already
+        made keep what they hold)."""
+        actor.require_write()
+        if include is not None:
+            _check_paths(include, "include")
+        if exclude is not None:
+            _check_paths(exclude, "exclude", absolute=False)
+        with self.db.session() as s:
+            bs = self._backup_set(s, backup_set_id, actor)
+            if name is not None and name != bs.name:
+                if not name.strip():
+                    raise UsageError("a backup set needs a name")
+                if s.scalar(
+                    select(BackupSet).where(
+                        BackupSet.server_id == bs.server_id, BackupSet.name == name
+                    )
+                ):
+                    raise ConflictError(f"the server already has a backup set {name!r}")
+                bs.name = name
+            if include is not None:
+                bs.include = include
+            if exclude is not None:
+                bs.exclude = exclude
+            self._audit(
+                s,
+                actor,
+                actor.org_id,
+                "backup_set.update",
+                bs.name,
+                include=bs.include,
+                exclude=bs.exclude,
+            )
+            return bs
+
+    def remove_backup_set(self, actor: Actor, backup_set_id: int) -> None:
+        """Stop backing up a backup set. Its restore points stay (and stay restorable) until
+        retention removes them; a queued or running job of the set must end first."""
+        actor.require_write()
+        with self.db.session() as s:
+            bs = self._backup_set(s, backup_set_id, actor)
+            busy = s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.backup_set_id == bs.id, Job.state.in_(ACTIVE_JOB_STATES))
+            )
+            if busy:
+                raise ConflictError(
+                    f"backup set {bs.name!r} has a queued or running job: cancel it first"
+                )
+            s.execute(update(Job).where(Job.backup_set_id == bs.id).values(backup_set_id=None))
+            s.execute(
+                update(RestorePoint)
+                .where(RestorePoint.backup_set_id == bs.id)
+                .values(backup_set_id=None)
+            )
+            name = bs.name
+            s.delete(bs)
+            self._audit(s, actor, actor.org_id, "backup_set.remove", name)
 
     def list_backup_sets(self, actor: Actor, server_id: int) -> list[BackupSet]:
         with self.db.session() as s:
@@ -776,14 +883,79 @@ class CloudServices:
             rows = s.scalars(q.order_by(RestorePoint.time.desc())).all()
             return [r for r in rows if r.server_id in visible]
 
-    def list_events(self, actor: Actor, limit: int = 100) -> list[Event]:
+    def list_events(
+        self,
+        actor: Actor,
+        limit: int = 100,
+        *,
+        severity: str | None = None,
+        server_id: int | None = None,
+        alerts: bool = False,
+    ) -> list[Event]:
+        """Events newest first. `alerts`: only warnings and errors nobody has acknowledged
+        yet (what needs an admin's attention)."""
+        if severity is not None and severity not in SEVERITIES:
+            raise UsageError(f"severity must be one of {', '.join(SEVERITIES)}")
         with self.db.session() as s:
-            q = select(Event).where(Event.org_id == actor.org_id).order_by(Event.id.desc())
-            rows = s.scalars(q.limit(limit)).all()
+            q = select(Event).where(Event.org_id == actor.org_id)
+            if severity is not None:
+                q = q.where(Event.severity == severity)
+            if server_id is not None:
+                self._server(s, server_id, actor)
+                q = q.where(Event.server_id == server_id)
+            if alerts:
+                q = q.where(Event.severity.in_(ALERT_SEVERITIES), Event.acknowledged.is_(None))
+            q = q.order_by(Event.id.desc())
             if actor.role != "group_admin":
-                return list(rows)
+                return list(s.scalars(q.limit(limit)).all())
             visible = self._visible_servers(s, actor)
-            return [e for e in rows if e.server_id in visible]
+            q = q.where(Event.server_id.in_(visible))
+            return list(s.scalars(q.limit(limit)).all())
+
+    def count_alerts(self, actor: Actor) -> int:
+        with self.db.session() as s:
+            q = (
+                select(func.count())
+                .select_from(Event)
+                .where(
+                    Event.org_id == actor.org_id,
+                    Event.severity.in_(ALERT_SEVERITIES),
+                    Event.acknowledged.is_(None),
+                )
+            )
+            if actor.role == "group_admin":
+                q = q.where(Event.server_id.in_(self._visible_servers(s, actor)))
+            return int(s.scalar(q) or 0)
+
+    def acknowledge_alerts(self, actor: Actor, event_ids: list[int] | None) -> int:
+        """Mark alerts as seen (None: all open ones the admin can see); returns how many.
+        The events stay in the event list with who acknowledged them and when."""
+        actor.require_write()
+        open_ids = {e.id for e in self.list_events(actor, 100_000, alerts=True)}
+        chosen = open_ids if event_ids is None else set(event_ids)
+        unknown = chosen - open_ids
+        if unknown:
+            raise NotFoundError(
+                f"no open alert {min(unknown)} (already acknowledged, not a warning or error, "
+                "or not yours to see)"
+            )
+        if not chosen:
+            return 0
+        with self.db.session() as s:
+            s.execute(
+                update(Event)
+                .where(Event.id.in_(chosen), Event.acknowledged.is_(None))
+                .values(acknowledged=self.now(), acknowledged_by=actor.admin_id)
+            )
+            self._audit(
+                s,
+                actor,
+                actor.org_id,
+                "alert.acknowledge",
+                f"{len(chosen)} alert(s)",
+                events=sorted(chosen)[:1000],
+            )
+        return len(chosen)
 
     def list_audit(self, actor: Actor, limit: int = 100) -> list[AuditEntry]:
         actor.require_org_admin()
