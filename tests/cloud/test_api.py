@@ -8,7 +8,6 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from rekindle.net import protocol as p
-
 from tests.cloud.conftest import Cloud
 
 

@@ -287,3 +287,103 @@ def test_the_running_panel_shows_running_jobs_only(browser: TestClient, cloud: C
     assert cloud.svc.claim_job(server) is not None
     panel = browser.get("/ui/running").text
     assert f"Job {job.id}</a>: backup on server {server}" in panel
+
+
+def test_a_backup_set_is_edited_and_removed_on_its_server_page(
+    browser: TestClient, cloud: Cloud
+) -> None:
+    server = cloud.enroll("sets1")
+    bs = cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], ["*.tmp"])
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    page = browser.get(f"/ui/servers/{server}").text
+    assert f'id="bs-include-{bs.id}"' in page and "*.tmp</textarea>" in page
+    url = f"/ui/servers/{server}/backup-sets/{bs.id}"
+    r = browser.post(url, data={"csrf": csrf, "name": "files", "include": "srv"})
+    assert r.status_code == 422 and "must be absolute" in r.text
+    r = browser.post(
+        url, data={"csrf": csrf, "name": "all files", "include": "/srv\n/home\n", "exclude": ""}
+    )
+    assert r.status_code == 303 and "saved" in r.headers["location"]
+    (row,) = cloud.svc.list_backup_sets(cloud.admin, server)
+    assert (row.name, row.include, row.exclude) == ("all files", ["/srv", "/home"], [])
+    r = browser.post(f"{url}/remove", data={"csrf": csrf})
+    assert r.status_code == 303
+    assert cloud.svc.list_backup_sets(cloud.admin, server) == []
+    assert "None yet" in browser.get(f"/ui/servers/{server}").text
+
+
+def test_a_policy_is_removed_once_no_group_follows_it(browser: TestClient, cloud: Cloud) -> None:
+    policy = cloud.svc.create_policy(cloud.admin, "weekends", days="sat,sun")
+    group = cloud.svc.create_group(cloud.admin, "lab", policy.id, None)
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    page = browser.get(f"/ui/policies/{policy.id}").text
+    assert "Server groups lab follow it" in page and "Remove policy" not in page
+    r = browser.post(f"/ui/policies/{policy.id}/remove", data={"csrf": csrf})
+    assert r.status_code == 409 and "used by server group(s) lab" in r.text
+    groups = browser.get("/ui/groups").text
+    assert f'<option value="{policy.id}" selected>weekends</option>' in groups
+    r = browser.post(f"/ui/groups/{group.id}/policy", data={"csrf": csrf, "policy": ""})
+    assert r.status_code == 303
+    assert cloud.svc.list_groups(cloud.admin)[-1].policy_id is None
+    assert "Remove policy weekends" in browser.get(f"/ui/policies/{policy.id}").text
+    r = browser.post(f"/ui/policies/{policy.id}/remove", data={"csrf": csrf})
+    assert r.status_code == 303
+    assert "weekends" not in [x.name for x in cloud.svc.list_policies(cloud.admin)]
+
+
+def test_alerts_are_counted_filtered_and_acknowledged(browser: TestClient, cloud: Cloud) -> None:
+    from rekindle.net import protocol as p
+
+    failing = cloud.enroll("failing")
+    fine = cloud.enroll("fine")
+    for server in (failing, fine):
+        cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], [])
+    first = cloud.backup_reported(failing, p.JobResult(state="failed", error="disk gone"))
+    cloud.backup_reported(fine, p.JobResult(state="succeeded", snapshot_id="aa" * 32))
+    second = cloud.backup_reported(failing, p.JobResult(state="failed", error="disk still gone"))
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    dashboard = browser.get("/ui/").text
+    assert 'aria-label="2 open">2</span>' in dashboard  # the menu's badge
+    assert '<span class="big">2</span> open alerts' in dashboard
+    alerts = browser.get("/ui/alerts").text
+    assert alerts.count('name="event"') == 2 and "disk still gone" in alerts
+    # the event list filters by severity and by server
+    errors = browser.get("/ui/events", params={"severity": "error"}).text
+    assert f'href="/ui/jobs/{first}"' in errors and "fine" not in errors.split("<table>")[1]
+    only_fine = browser.get("/ui/events", params={"server": str(fine)}).text
+    assert "disk gone" not in only_fine and "succeeded" in only_fine
+    assert browser.get("/ui/events", params={"severity": "loud"}).status_code == 422
+    r = browser.post("/ui/alerts/acknowledge", data={"csrf": csrf})
+    assert r.status_code == 422 and "tick the alerts" in r.text
+    (open_first,) = [
+        e.id for e in cloud.svc.list_events(cloud.admin, alerts=True) if e.job_id == first
+    ]
+    r = browser.post("/ui/alerts/acknowledge", data={"csrf": csrf, "event": str(open_first)})
+    assert r.status_code == 303 and "1+alert" in r.headers["location"]
+    assert [e.job_id for e in cloud.svc.list_events(cloud.admin, alerts=True)] == [second]
+    r = browser.post("/ui/alerts/acknowledge", data={"csrf": csrf, "all": "1"})
+    assert r.status_code == 303
+    assert "No open alerts." in browser.get("/ui/alerts").text
+    assert 'class="badge"' not in browser.get("/ui/").text
+
+
+def test_the_restore_timeline_links_each_restore_point(browser: TestClient, cloud: Cloud) -> None:
+    from rekindle.net import protocol as p
+
+    server = cloud.enroll("timeline")
+    cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], [])
+    cloud.backup_reported(server, p.JobResult(state="succeeded", snapshot_id="01" * 32, files=3))
+    cloud.clock.advance(2 * 86400)
+    cloud.backup_reported(
+        server, p.JobResult(state="partial", snapshot_id="02" * 32, files=2, bytes=2048)
+    )
+    _login(browser, "admin@acme.test", cloud.password)
+    page = browser.get("/ui/restore", params={"server": str(server)}).text
+    old, new = cloud.svc.list_restore_points(cloud.admin, server)[::-1]
+    dots = re.findall(r'<a href="([^"]+)"><circle cx="([\d.]+)"[^>]*class="([^"]+)"', page)
+    assert [(h, c) for h, _x, c in dots] == [
+        (f"/ui/restore/{old.id}/browse", "dot"),
+        (f"/ui/restore/{new.id}/browse", "dot partial"),
+    ]
+    assert float(dots[0][1]) < float(dots[1][1])  # older to the left
+    assert "2 files, 2.0 KiB (some files were missed)</title>" in page

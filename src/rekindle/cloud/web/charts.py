@@ -4,7 +4,7 @@ script, readable without colour (every bar and point has a title with its value)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from html import escape
 
 from markupsafe import Markup
@@ -19,7 +19,9 @@ class Point:
     label: str  # the value in words, for the tooltip and screen readers
 
 
-def _frame(title: str, body: str, first: date | None, last: date | None) -> Markup:
+def _frame(
+    title: str, body: str, first: date | None, last: date | None, css: str = "chart"
+) -> Markup:
     axis = ""
     if first is not None and last is not None:
         axis = (
@@ -29,7 +31,7 @@ def _frame(title: str, body: str, first: date | None, last: date | None) -> Mark
         )
     return Markup(  # noqa: S704 - every piece of text in it went through escape()
         f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" '
-        f'class="chart"><title>{escape(title)}</title>'
+        f'class="{css}"><title>{escape(title)}</title>'
         f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" '
         f'class="base"/>{body}{axis}</svg>'
     )
@@ -77,3 +79,42 @@ def line_chart(title: str, points: list[Point]) -> Markup:
     return _frame(
         title, f'<polyline points="{path}" class="line"/>{dots}', points[0].day, points[-1].day
     )
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A restore point on the timeline: a link to browse it."""
+
+    time: datetime
+    label: str
+    href: str
+    partial: bool = False
+
+
+def timeline_chart(title: str, marks: list[Mark]) -> Markup:
+    """Restore points placed by time, oldest left; each is a link (focusable by keyboard)
+    titled with its time and size. Points close in time are staggered in three rows so
+    they stay apart."""
+    if not marks:
+        return _frame(
+            title, '<text x="50%" y="50%" text-anchor="middle">no restore points</text>', None, None
+        )
+    ordered = sorted(marks, key=lambda m: m.time)
+    first, last = ordered[0].time, ordered[-1].time
+    span_s = (last - first).total_seconds()
+    width = WIDTH - 2 * PAD
+    rows = (HEIGHT / 2 - 24, HEIGHT / 2, HEIGHT / 2 + 24)
+    dots = []
+    for i, m in enumerate(ordered):
+        x = PAD + (width * (m.time - first).total_seconds() / span_s if span_s else width / 2)
+        y = rows[i % 3]
+        cls = "dot partial" if m.partial else "dot"
+        dots.append(
+            f'<a href="{escape(m.href)}"><circle cx="{x:.1f}" cy="{y:.1f}" r="6" class="{cls}">'
+            f"<title>{escape(m.label)}</title></circle></a>"
+        )
+    body = (
+        f'<line x1="{PAD}" y1="{HEIGHT / 2:.1f}" x2="{WIDTH - PAD}" y2="{HEIGHT / 2:.1f}" '
+        f'class="base"/>{"".join(dots)}'
+    )
+    return _frame(title, body, first.date(), last.date(), css="chart timeline-chart")

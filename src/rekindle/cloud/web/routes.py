@@ -24,7 +24,7 @@ from rekindle.cloud.schedule import DAY_NAMES
 from rekindle.cloud.security import AuthError
 from rekindle.cloud.services import Actor, CloudServices, policy_fields
 from rekindle.cloud.web import session as sess
-from rekindle.cloud.web.charts import bar_chart, line_chart
+from rekindle.cloud.web.charts import Mark, bar_chart, line_chart, timeline_chart
 from rekindle.cloud.web.forms import default_policy_form, policy_from_form, policy_values
 from rekindle.cloud.web.views import (
     dashboard_view,
@@ -45,6 +45,7 @@ templates.env.filters["unixtime"] = lambda t: (
 templates.env.globals["version"] = __version__
 templates.env.globals["bar_chart"] = bar_chart
 templates.env.globals["line_chart"] = line_chart
+templates.env.globals["timeline_chart"] = timeline_chart
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Page:
     token: str
     csrf: str
     svc: CloudServices
+    #: Open alerts, for the badge in the menu.
+    alerts: int = 0
 
 
 class LoginRequiredError(Exception):
@@ -75,14 +78,17 @@ async def _page(request: Request) -> Page:
         actor = await run_in_threadpool(svc.authenticate, token)
     except AuthError:
         raise LoginRequiredError from None
-    return Page(actor, token, sess.csrf_for(token), svc)
+    alerts = (
+        0 if request.headers.get("HX-Request") else await run_in_threadpool(svc.count_alerts, actor)
+    )
+    return Page(actor, token, sess.csrf_for(token), svc, alerts)
 
 
 def _render(request: Request, page: Page | None, name: str, **ctx: Any) -> HTMLResponse:
     ctx.setdefault("error", None)
     ctx.setdefault("notice", request.query_params.get("notice"))
     if page is not None:
-        ctx.update(me=page.actor, csrf=page.csrf)
+        ctx.update(me=page.actor, csrf=page.csrf, open_alerts=page.alerts)
     return templates.TemplateResponse(request, name, ctx)
 
 
@@ -223,6 +229,36 @@ def console_router() -> APIRouter:
         )
         return _back(f"/ui/servers/{server_id}", f"Backup set {name.strip()!r} added.")
 
+    @r.post("/servers/{server_id}/backup-sets/{set_id}")
+    async def edit_backup_set(
+        request: Request,
+        server_id: int,
+        set_id: int,
+        *,
+        name: Annotated[str, Form(max_length=200)],
+        include: Annotated[str, Form(max_length=100_000)],
+        exclude: Annotated[str, Form(max_length=100_000)] = "",
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        inc, exc = _lines(include), _lines(exclude)
+        await _act(
+            lambda: page.svc.update_backup_set(
+                page.actor, set_id, name=name.strip(), include=inc, exclude=exc
+            )
+        )
+        return _back(f"/ui/servers/{server_id}", f"Backup set {name.strip()!r} saved.")
+
+    @r.post("/servers/{server_id}/backup-sets/{set_id}/remove")
+    async def remove_backup_set(request: Request, server_id: int, set_id: int) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        await _act(lambda: page.svc.remove_backup_set(page.actor, set_id))
+        return _back(
+            f"/ui/servers/{server_id}",
+            "Backup set removed; its restore points stay until retention removes them.",
+        )
+
     @r.get("/groups", response_class=HTMLResponse)
     async def groups(request: Request) -> Response:
         page = await _page(request)
@@ -250,6 +286,16 @@ def console_router() -> APIRouter:
         pol, sto = _opt_int(policy), _opt_int(storage)
         await _act(lambda: page.svc.create_group(page.actor, name.strip(), pol, sto))
         return _back("/ui/groups", f"Group {name.strip()!r} created.")
+
+    @r.post("/groups/{group_id}/policy")
+    async def set_group_policy(
+        request: Request, group_id: int, policy: Annotated[str, Form()] = ""
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        pol = _opt_int(policy)
+        group = await _act(lambda: page.svc.set_group_policy(page.actor, group_id, pol))
+        return _back("/ui/groups", f"Group {group.name!r} now follows the chosen policy.")
 
     @r.post("/groups/{group_id}/activation", response_class=HTMLResponse)
     async def activation(
@@ -295,10 +341,15 @@ def console_router() -> APIRouter:
     @r.get("/policies/{policy_id}", response_class=HTMLResponse)
     async def policy(request: Request, policy_id: int) -> Response:
         page = await _page(request)
-        rows = await _act(lambda: page.svc.list_policies(page.actor))
+
+        def load() -> tuple[list[Any], list[Any]]:
+            return page.svc.list_policies(page.actor), page.svc.list_groups(page.actor)
+
+        rows, groups = await _act(load)
         row = next((p for p in rows if p.id == policy_id), None)
         if row is None:
             raise PageError(404, f"no backup policy {policy_id}")
+        used_by = [g.name for g in groups if g.policy_id == policy_id]
         form = {"name": row.name, **policy_values(row)}
         return _render(
             request,
@@ -309,6 +360,7 @@ def console_router() -> APIRouter:
             form=form,
             days=DAY_NAMES,
             preview=describe_policy(**policy_values(row)),
+            used_by=used_by,
         )
 
     @r.post("/policies/preview", response_class=HTMLResponse)
@@ -338,6 +390,13 @@ def console_router() -> APIRouter:
         await _act(lambda: page.svc.update_policy(page.actor, policy_id, **fields))
         return _back(f"/ui/policies/{policy_id}", "Policy saved.")
 
+    @r.post("/policies/{policy_id}/remove")
+    async def remove_policy(request: Request, policy_id: int) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        await _act(lambda: page.svc.remove_policy(page.actor, policy_id))
+        return _back("/ui/policies", "Policy removed.")
+
     # -- the restore wizard: server, restore point, what, where, confirm -----------------------
     @r.get("/restore", response_class=HTMLResponse)
     async def restore_start(request: Request, server: int | None = None) -> Response:
@@ -352,10 +411,18 @@ def console_router() -> APIRouter:
                     counts[p.server_id] = counts.get(p.server_id, 0) + 1
                 servers = [s for s in svc.list_servers(me) if s.id in counts]
                 return {"servers": servers, "counts": counts, "server": None}
-            return {
-                "server": svc.get_server(me, server),
-                "points": svc.list_restore_points(me, server),
-            }
+            points = svc.list_restore_points(me, server)
+            marks = [
+                Mark(
+                    p.time,
+                    f"{human_time(p.time)}: {p.files} files, {human_bytes(p.bytes)}"
+                    + (" (some files were missed)" if p.partial else ""),
+                    f"/ui/restore/{p.id}/browse",
+                    p.partial,
+                )
+                for p in points
+            ]
+            return {"server": svc.get_server(me, server), "points": points, "marks": marks}
 
         ctx = await _act(load)
         return _render(request, page, "restore_start.html", title="Restore", **ctx)
@@ -427,10 +494,47 @@ def console_router() -> APIRouter:
         return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
 
     @r.get("/events", response_class=HTMLResponse)
-    async def events(request: Request) -> Response:
+    async def events(request: Request, severity: str = "", server: str = "") -> Response:
         page = await _page(request)
-        rows = await _act(lambda: page.svc.list_events(page.actor, 200))
-        return _render(request, page, "events.html", title="Events", events=rows)
+        server_id = _opt_int(server)
+
+        def load() -> dict[str, Any]:
+            svc, me = page.svc, page.actor
+            return {
+                "events": svc.list_events(me, 200, severity=severity or None, server_id=server_id),
+                "servers": svc.list_servers(me),
+            }
+
+        ctx = await _act(load)
+        return _render(
+            request,
+            page,
+            "events.html",
+            title="Events",
+            severity=severity,
+            server=server_id,
+            **ctx,
+        )
+
+    @r.get("/alerts", response_class=HTMLResponse)
+    async def alerts(request: Request) -> Response:
+        page = await _page(request)
+        rows = await _act(lambda: page.svc.list_events(page.actor, 500, alerts=True))
+        return _render(request, page, "alerts.html", title="Alerts", alerts=rows)
+
+    @r.post("/alerts/acknowledge")
+    async def acknowledge(request: Request) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        form = await request.form()
+        if form.get("all"):
+            ids = None
+        else:
+            ids = [int(str(x)) for x in form.getlist("event") if str(x).isdigit()]
+            if not ids:
+                raise PageError(422, "tick the alerts to acknowledge")
+        done = await _act(lambda: page.svc.acknowledge_alerts(page.actor, ids))
+        return _back("/ui/alerts", f"{done} alert(s) acknowledged.")
 
     @r.get("/audit", response_class=HTMLResponse)
     async def audit(request: Request) -> Response:
