@@ -253,3 +253,40 @@ def test_warnings_and_errors_are_alerts_until_acknowledged(api: TestClient, clou
     r = api.post("/api/v1/alerts/acknowledge", json={"all": True})
     assert r.json() == {"acknowledged": 1}
     assert "alert.acknowledge" in [a["action"] for a in api.get("/api/v1/audit").json()]
+
+
+def test_an_admin_is_changed_and_disabled_but_the_last_org_admin_stays(
+    api: TestClient, cloud: Cloud
+) -> None:
+    created = api.post(
+        "/api/v1/admins", json={"email": "ops@acme.test", "role": "read_only"}
+    ).json()
+    login = {"email": "ops@acme.test", "password": created["password"]}
+    ops_token = api.post("/api/v1/login", json=login).json()["token"]
+    as_ops = {"Authorization": f"Bearer {ops_token}"}
+    assert api.post("/api/v1/groups", json={"name": "x"}, headers=as_ops).status_code == 403
+    group = api.get("/api/v1/groups").json()[0]
+    r = api.patch(
+        f"/api/v1/admins/{created['id']}",
+        json={"role": "group_admin", "group_ids": [group["id"]]},
+    )
+    assert r.status_code == 200 and r.json()["role"] == "group_admin"
+    assert r.json()["group_ids"] == [str(group["id"])]
+    # the new role holds from the next request of the same session
+    r = api.post("/api/v1/activation-tokens", json={"group_id": group["id"]}, headers=as_ops)
+    assert r.status_code == 201
+    assert api.patch(f"/api/v1/admins/{created['id']}", json={"role": "god"}).status_code == 422
+    r = api.patch(f"/api/v1/admins/{created['id']}", json={"disabled": True})
+    assert r.status_code == 200 and r.json()["disabled"] is True
+    r = api.get("/api/v1/servers", headers=as_ops)
+    assert r.status_code == 401 and "disabled" in r.json()["detail"]
+    assert api.post("/api/v1/login", json=login).status_code == 401
+    # the only organization admin cannot demote or disable themselves
+    me = cloud.admin.admin_id
+    r = api.patch(f"/api/v1/admins/{me}", json={"disabled": True})
+    assert r.status_code == 409 and "last enabled organization admin" in r.json()["detail"]
+    r = api.patch(f"/api/v1/admins/{me}", json={"role": "read_only"})
+    assert r.status_code == 409
+    assert api.get("/api/v1/servers").status_code == 200
+    assert api.patch("/api/v1/admins/99999", json={"disabled": True}).status_code == 404
+    assert "admin.update" in [a["action"] for a in api.get("/api/v1/audit").json()]

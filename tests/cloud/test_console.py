@@ -387,3 +387,21 @@ def test_the_restore_timeline_links_each_restore_point(browser: TestClient, clou
     ]
     assert float(dots[0][1]) < float(dots[1][1])  # older to the left
     assert "2 files, 2.0 KiB (some files were missed)</title>" in page
+
+
+def test_an_administrator_is_changed_on_the_admins_page(browser: TestClient, cloud: Cloud) -> None:
+    admin_id, _pw = cloud.svc.create_admin(cloud.admin, "ro@acme.test", "read_only", [])
+    group = cloud.svc.list_groups(cloud.admin)[0]
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    page = browser.get("/ui/admins").text
+    assert f'action="/ui/admins/{admin_id}"' in page
+    r = browser.post(
+        f"/ui/admins/{admin_id}",
+        data={"csrf": csrf, "role": "group_admin", "group": str(group.id), "disabled": "1"},
+    )
+    assert r.status_code == 303 and "ro%40acme.test+saved" in r.headers["location"]
+    row = next(a for a in cloud.svc.list_admins(cloud.admin) if a.id == admin_id)
+    assert (row.role, row.group_ids, row.disabled) == ("group_admin", [str(group.id)], True)
+    assert "(disabled)" in browser.get("/ui/admins").text
+    r = browser.post(f"/ui/admins/{cloud.admin.admin_id}", data={"csrf": csrf, "role": "read_only"})
+    assert r.status_code == 409 and "last enabled organization admin" in r.text

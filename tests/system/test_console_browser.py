@@ -1,6 +1,7 @@
 """The console in a real browser (Debian's Chromium driven by Playwright) against real
-processes: log in, create a group, enroll an agent with the command the console shows, add a
-backup set, run Backup Now and watch the job page follow it to 100 %, log out. Screenshots of
+processes: log in, create a policy and a group following it, enroll an agent with the command
+the console shows, add a backup set and edit it, run Backup Now and watch the job page follow it
+to 100 %, restore one file through the wizard, see the event, log out. Screenshots of
 each page go to artifacts/screenshots (at 1280 and 390 pixels wide)."""
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Produc
     src.mkdir()
     for i in range(20):
         (src / f"file-{i}.txt").write_text(f"console {i}\n" * 1000)
+    (src / "notes.skip").write_text("excluded by the backup set\n")
     password = (product.root / "cloud" / "initial-admin-password").read_text().strip()
     SHOTS.mkdir(parents=True, exist_ok=True)
 
@@ -66,9 +68,24 @@ def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Produc
         expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
         nav = page.get_by_role("navigation", name="Main")
 
-        # a group, and the enrollment command the console shows for it
+        # a policy, its plain-words line following the form as it is filled in
+        nav.get_by_role("link", name="Policies").click()
+        page.get_by_label("Name").fill("weeknights")
+        for day in ("Sat", "Sun"):
+            page.get_by_label(day, exact=True).uncheck()
+        page.get_by_label("Start time (UTC)").fill("23:30")
+        page.get_by_label("Window, hours").fill("6")
+        expect(page.locator("#preview")).to_contain_text(
+            "Runs Mon-Fri at 23:30 UTC for up to 6 hours"
+        )
+        page.screenshot(path=str(SHOTS / "policies.png"), full_page=True)
+        page.get_by_role("button", name="Create policy").click()
+        expect(page.get_by_role("status")).to_contain_text("Policy 'weeknights' created")
+
+        # a group following it, and the enrollment command the console shows for the group
         nav.get_by_role("link", name="Groups").click()
         page.get_by_label("Name").fill("web servers")
+        page.get_by_label("Backup policy").select_option(label="weeknights")
         page.get_by_role("button", name="Create group").click()
         expect(page.get_by_role("status")).to_contain_text("Group 'web servers' created")
         page.screenshot(path=str(SHOTS / "groups.png"), full_page=True)
@@ -100,6 +117,11 @@ def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Produc
         page.get_by_label("Paths to back up").fill(str(src))
         page.get_by_role("button", name="Add backup set").click()
         expect(page.get_by_role("status")).to_contain_text("Backup set 'files' added")
+        page.get_by_text("Edit or remove files").click()
+        page.locator("ul.sets").get_by_label("Exclude").fill("*.skip")
+        page.get_by_role("button", name="Save backup set").click()
+        expect(page.get_by_role("status")).to_contain_text("Backup set 'files' saved")
+        expect(page.get_by_role("listitem").filter(has_text="excluding *.skip")).to_be_visible()
         page.screenshot(path=str(SHOTS / "server.png"), full_page=True)
         page.get_by_role("button", name="Backup Now").click()
 
@@ -116,10 +138,13 @@ def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Produc
         # the restore wizard: server, restore point, browse to one file, another directory
         nav.get_by_role("link", name="Restore").click()
         page.get_by_role("link", name="webhost").click()
+        expect(page.locator(".timeline-chart circle")).to_have_count(1)
         page.screenshot(path=str(SHOTS / "restore-points.png"), full_page=True)
-        page.get_by_role("list").get_by_role("link").first.click()
+        page.locator("ol.timeline").get_by_role("link").first.click()
         for part in src.parts[1:]:
             page.get_by_role("link", name=f"{part}/").click()
+        expect(page.get_by_label("Restore file-19.txt")).to_be_visible()
+        expect(page.get_by_text("notes.skip")).to_have_count(0)  # the edited set excluded it
         page.get_by_label("Restore file-3.txt").check()
         page.screenshot(path=str(SHOTS / "restore-browse.png"), full_page=True)
         page.get_by_role("button", name="Next: where to restore").click()
@@ -140,6 +165,9 @@ def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Produc
             page.get_by_role("row", name=f"restore job {restore_job} on webhost: succeeded")
         ).to_be_visible()
         page.screenshot(path=str(SHOTS / "events.png"), full_page=True)
+        nav.get_by_role("link", name="Alerts").click()
+        expect(page.get_by_text("No open alerts.")).to_be_visible()
+        page.screenshot(path=str(SHOTS / "alerts.png"), full_page=True)
         nav.get_by_role("link", name="Audit").click()
         expect(page.get_by_role("row", name="job.restore").first).to_be_visible()
         nav.get_by_role("link", name="Admins").click()

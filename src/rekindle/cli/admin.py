@@ -239,7 +239,7 @@ def policies(as_json: JsonOpt = False) -> None:
     show(call("GET", "/policies"), as_json, _POLICY_COLS)
 
 
-def _policy_body(**kw: Any) -> dict[str, Any]:
+def _given(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
@@ -255,7 +255,7 @@ def policy_add(
     cold_after_days: Annotated[int | None, typer.Option()] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    body = _policy_body(
+    body = _given(
         name=name,
         days=days,
         start_time=start,
@@ -280,7 +280,7 @@ def policy_set(
     cold_after_days: Annotated[int | None, typer.Option()] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    body = _policy_body(
+    body = _given(
         days=days,
         start_time=start,
         window_hours=window_hours,
@@ -354,7 +354,7 @@ def backup_set_set(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a backup set; the next backup follows it."""
-    body: dict[str, Any] = _policy_body(name=name, include=include, exclude=exclude)
+    body: dict[str, Any] = _given(name=name, include=include, exclude=exclude)
     if no_exclude:
         body["exclude"] = []
     show(
@@ -514,7 +514,7 @@ def events(
     as_json: JsonOpt = False,
 ) -> None:
     """List events, newest first."""
-    params = _policy_body(severity=severity, server_id=server, limit=limit)
+    params = _given(severity=severity, server_id=server, limit=limit)
     show(call("GET", "/events", params=params), as_json, _EVENT_COLS)
 
 
@@ -557,4 +557,25 @@ def admin_add(
         call("POST", "/admins", {"email": email, "role": role, "group_ids": group or []}),
         as_json,
         ["id", "password"],
+    )
+
+
+@app.command("admin-set")
+def admin_set(
+    admin_id: int,
+    role: Annotated[str | None, typer.Option(help="org_admin, group_admin or read_only")] = None,
+    group: Annotated[
+        list[int] | None, typer.Option("--group", help="Replaces the admin's groups.")
+    ] = None,
+    disable: Annotated[
+        bool | None, typer.Option("--disable/--enable", help="Refuse or allow their logins.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an admin's role or groups, or disable them (their sessions end at once)."""
+    body = _given(role=role, group_ids=group, disabled=disable)
+    show(
+        call("PATCH", f"/admins/{admin_id}", body),
+        as_json,
+        ["id", "email", "role", "group_ids", "disabled"],
     )

@@ -118,6 +118,14 @@ def admin_router() -> APIRouter:
         )
         return sc.AdminCreated(id=admin_id, password=pw)
 
+    @r.patch("/admins/{admin_id}", response_model=sc.AdminOut)
+    async def edit_admin(admin_id: int, body: sc.AdminPatch, svc: Svc, me: Me) -> Any:
+        return await run_in_threadpool(
+            lambda: svc.update_admin(
+                me, admin_id, role=body.role, group_ids=body.group_ids, disabled=body.disabled
+            )
+        )
+
     @r.get("/storages", response_model=list[sc.StorageOut])
     async def storages(svc: Svc, me: Me) -> Any:
         return await run_in_threadpool(svc.list_storages, me)

@@ -32,6 +32,14 @@ class AdminIn(BaseModel):
     group_ids: list[int] = []
 
 
+class AdminPatch(BaseModel):
+    """What to change of an admin; omitted fields stay as they are."""
+
+    role: Literal["org_admin", "group_admin", "read_only"] | None = None
+    group_ids: list[int] | None = Field(default=None, max_length=10000)
+    disabled: bool | None = None
+
+
 class AdminCreated(BaseModel):
     id: int
     password: str

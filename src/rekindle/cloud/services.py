@@ -365,6 +365,62 @@ class CloudServices:
             self._audit(s, actor, actor.org_id, "admin.create", email, role=role)
             return admin.id, password
 
+    def update_admin(
+        self,
+        actor: Actor,
+        admin_id: int,
+        *,
+        role: str | None = None,
+        group_ids: list[int] | None = None,
+        disabled: bool | None = None,
+    ) -> Admin:
+        """Change an admin's role, groups, or disable them (their sessions and API tokens stop
+        working at once, as every request reads the admin). The organization always keeps an
+        enabled organization admin, so nobody locks everyone out."""
+        actor.require_org_admin()
+        if role is not None and role not in ROLES:
+            raise UsageError(f"role must be one of {', '.join(ROLES)}")
+        with self.db.session() as s:
+            admin = s.get(Admin, admin_id)
+            if admin is None or admin.org_id != actor.org_id:
+                raise NotFoundError(f"admin {admin_id} not found")
+            for g in group_ids or []:
+                self._get(s, ServerGroup, g, actor)
+            was_org_admin = admin.role == "org_admin" and not admin.disabled
+            if role is not None:
+                admin.role = role
+            if group_ids is not None:
+                admin.group_ids = [str(g) for g in group_ids]
+            if disabled is not None:
+                admin.disabled = disabled
+            if was_org_admin and (admin.role != "org_admin" or admin.disabled):
+                others = s.scalar(
+                    select(func.count())
+                    .select_from(Admin)
+                    .where(
+                        Admin.org_id == actor.org_id,
+                        Admin.role == "org_admin",
+                        Admin.disabled.is_(False),
+                        Admin.id != admin.id,
+                    )
+                )
+                if not others:
+                    raise ConflictError(
+                        f"{admin.email} is the last enabled organization admin: "
+                        "make another admin an organization admin first"
+                    )
+            self._audit(
+                s,
+                actor,
+                actor.org_id,
+                "admin.update",
+                admin.email,
+                role=admin.role,
+                groups=admin.group_ids,
+                disabled=admin.disabled,
+            )
+            return admin
+
     def list_admins(self, actor: Actor) -> list[Admin]:
         with self.db.session() as s:
             return list(s.scalars(select(Admin).where(Admin.org_id == actor.org_id)).all())

@@ -103,7 +103,7 @@ def timeline_chart(title: str, marks: list[Mark]) -> Markup:
     first, last = ordered[0].time, ordered[-1].time
     span_s = (last - first).total_seconds()
     width = WIDTH - 2 * PAD
-    rows = (HEIGHT / 2 - 24, HEIGHT / 2, HEIGHT / 2 + 24)
+    rows = (HEIGHT / 2, HEIGHT / 2 - 24, HEIGHT / 2 + 24)
     dots = []
     for i, m in enumerate(ordered):
         x = PAD + (width * (m.time - first).total_seconds() / span_s if span_s else width / 2)

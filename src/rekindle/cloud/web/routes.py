@@ -578,6 +578,22 @@ def console_router() -> APIRouter:
             password=password,
         )
 
+    @r.post("/admins/{admin_id}")
+    async def edit_admin(
+        request: Request, admin_id: int, role: Annotated[str, Form(max_length=20)]
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        form = await request.form()
+        groups = [int(str(g)) for g in form.getlist("group") if str(g).isdigit()]
+        disabled = bool(form.get("disabled"))
+        row = await _act(
+            lambda: page.svc.update_admin(
+                page.actor, admin_id, role=role, group_ids=groups, disabled=disabled
+            )
+        )
+        return _back("/ui/admins", f"Administrator {row.email} saved.")
+
     @r.get("/jobs", response_class=HTMLResponse)
     async def jobs(request: Request, state: str | None = None) -> Response:
         page = await _page(request)
