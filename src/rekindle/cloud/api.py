@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rekindle.cloud import schemas as sc
 from rekindle.cloud.catalog import PlanningError
+from rekindle.cloud.maintenance import Maintenance
 from rekindle.cloud.security import AuthError, ForbiddenError
 from rekindle.cloud.services import Actor, CloudServices, ConflictError, NotFoundError
 from rekindle.core.errors import RekindleError, UsageError
@@ -73,6 +74,11 @@ def services(request: Request) -> CloudServices:
 
 
 Svc = Annotated[CloudServices, Depends(services)]
+
+
+def _maintenance(request: Request) -> Maintenance:
+    m: Maintenance = request.app.state.maintenance
+    return m
 
 
 async def current_admin(
@@ -136,13 +142,34 @@ def admin_router() -> APIRouter:
 
     @r.post("/policies", response_model=sc.PolicyOut, status_code=201)
     async def add_policy(body: sc.PolicyIn, svc: Svc, me: Me) -> Any:
-        fields = body.model_dump(exclude={"name"})
+        fields = body.model_dump(exclude={"name", "confirm_removal"})
         return await run_in_threadpool(lambda: svc.create_policy(me, body.name, **fields))
 
     @r.patch("/policies/{policy_id}", response_model=sc.PolicyOut)
     async def edit_policy(policy_id: int, body: sc.PolicyPatch, svc: Svc, me: Me) -> Any:
-        fields = body.model_dump(exclude_unset=True)
-        return await run_in_threadpool(lambda: svc.update_policy(me, policy_id, **fields))
+        fields = body.model_dump(exclude_unset=True, exclude={"confirm_removal"})
+        return await run_in_threadpool(
+            lambda: svc.update_policy(me, policy_id, confirm_removal=body.confirm_removal, **fields)
+        )
+
+    @r.post("/policies/{policy_id}/retention-preview", response_model=list[sc.RestorePointOut])
+    async def retention_preview(policy_id: int, body: sc.RetentionIn, svc: Svc, me: Me) -> Any:
+        """The restore points these retention rules would remove that the saved ones keep."""
+        return await run_in_threadpool(svc.retention_preview, me, policy_id, body.retention)
+
+    @r.get("/retention/expiring", response_model=list[sc.RestorePointOut])
+    async def expiring(request: Request, me: Me) -> Any:
+        """What the next retention run removes under the saved policies."""
+        return await run_in_threadpool(_maintenance(request).expiring, me)
+
+    @r.get("/retention/runs", response_model=list[sc.MaintenanceRunOut])
+    async def retention_runs(request: Request, me: Me, limit: Limit = 100) -> Any:
+        return await run_in_threadpool(_maintenance(request).list_runs, me, limit)
+
+    @r.post("/retention/runs", response_model=list[sc.MaintenanceRunOut], status_code=201)
+    async def run_retention(request: Request, body: sc.RetentionRunIn, me: Me) -> Any:
+        """Queue a retention run now (organization admins)."""
+        return await run_in_threadpool(_maintenance(request).run_now, me, body.storage_id)
 
     @r.delete("/policies/{policy_id}", status_code=204)
     async def remove_policy(policy_id: int, svc: Svc, me: Me) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from rekindle import __version__
 from rekindle.cloud.api import Waker, admin_router, agent_router, install_error_handlers
 from rekindle.cloud.catalog import StorageCatalog
 from rekindle.cloud.db import Database
+from rekindle.cloud.maintenance import Maintenance
 from rekindle.cloud.security import KeyEncryptionKey
 from rekindle.cloud.services import CloudServices
 from rekindle.cloud.settings import CloudSettings
@@ -37,6 +39,7 @@ class CloudState:
     tls_key: Path
     ca_file: Path
     token_public: Path
+    maintenance: Maintenance
 
 
 def prepare(settings: CloudSettings, clock: Clock | None = None) -> CloudState:
@@ -65,8 +68,21 @@ def prepare(settings: CloudSettings, clock: Clock | None = None) -> CloudState:
         session_ttl_s=settings.session_ttl_s,
         catalog=StorageCatalog(token_key, d / "ca" / "ca.pem", d / "cache"),
     )
+    maintenance = Maintenance(
+        svc,
+        interval=timedelta(hours=settings.retention_interval_h),
+        prune_grace=timedelta(seconds=settings.prune_grace_s),
+    )
+    svc.on_retention_changed.append(maintenance.queue_for_policy)
     return CloudState(
-        settings, svc, ca, d / "tls" / "tls.pem", d / "tls" / "tls.key", d / "ca" / "ca.pem", public
+        settings,
+        svc,
+        ca,
+        d / "tls" / "tls.pem",
+        d / "tls" / "tls.key",
+        d / "ca" / "ca.pem",
+        public,
+        maintenance,
     )
 
 
@@ -80,6 +96,7 @@ def create_app(state: CloudState, *, run_scheduler: bool = True) -> FastAPI:
         tasks = [asyncio.create_task(_watch_queue(state, waker))]
         if run_scheduler:
             tasks.append(asyncio.create_task(_scheduler(state)))
+            tasks.append(asyncio.create_task(_maintenance(state)))
         try:
             yield
         finally:
@@ -95,6 +112,7 @@ def create_app(state: CloudState, *, run_scheduler: bool = True) -> FastAPI:
         description="Control plane of Rekindle: admins under /api/v1, agents under /agent/v1.",
     )
     app.state.services = state.services
+    app.state.maintenance = state.maintenance
     app.state.waker = waker
     app.state.ca_fingerprint = fingerprint(state.ca.cert)
     app.state.ca_pem = state.ca.pem.decode()
@@ -138,4 +156,19 @@ async def _scheduler(state: CloudState) -> None:
                 log.info("scheduler fired %d schedule(s)", n)
         except Exception:
             log.exception("scheduler pass failed; trying again in %.0f s", interval)
+        await asyncio.sleep(interval)
+
+
+async def _maintenance(state: CloudState) -> None:
+    """Queue the retention runs that are due and carry out queued ones, one at a time (a
+    run may take long: it happens in a worker thread, off the event loop)."""
+    m = state.maintenance
+    interval = state.settings.maintenance_poll_s
+    while True:
+        try:
+            await run_in_threadpool(m.queue_due)
+            while await run_in_threadpool(m.run_next) is not None:
+                pass
+        except Exception:
+            log.exception("retention pass failed; trying again in %.0f s", interval)
         await asyncio.sleep(interval)

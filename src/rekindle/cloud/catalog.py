@@ -12,8 +12,9 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from rekindle.core.errors import RekindleError, UsageError
 from rekindle.format.registry import NodeType
 from rekindle.net import tokens
 from rekindle.repository.browse import list_dir
+from rekindle.repository.check import check
+from rekindle.repository.forget import forget_ids
+from rekindle.repository.prune import PruneReport, prune
 from rekindle.repository.reach import restore_needs
 from rekindle.repository.repo import Repository, Secret
 from rekindle.store.http import HttpBackend
@@ -28,6 +32,8 @@ from rekindle.store.retry import RetryingBackend
 
 #: A catalog token lives only as long as one planning needs.
 CATALOG_TOKEN_TTL_S = 600
+#: A maintenance token covers one retention run, prune and check included.
+MAINTENANCE_TOKEN_TTL_S = 24 * 3600
 
 
 class PlanningError(RekindleError):
@@ -56,24 +62,33 @@ class StorageCatalog:
         self._ca_file = ca_file
         self._cache_dir = cache_dir
 
-    def _token(self, org: int) -> str:
+    def _token(self, org: int, access: tokens.Access = "catalog", job: int = 0) -> str:
         now = int(time.time())
+        ttl = MAINTENANCE_TOKEN_TTL_S if access == "maintenance" else CATALOG_TOKEN_TTL_S
         claims = tokens.StorageClaims(
             org=org,
             server=0,
-            job=0,
-            access="catalog",
+            job=job,
+            access=access,
             snapshot="",
             iat=now,
-            exp=now + CATALOG_TOKEN_TTL_S,
+            exp=now + ttl,
         )
         return tokens.sign(self._token_key, claims)
 
     @contextlib.contextmanager
     def _repository(
-        self, storage_url: str, org: int, repo_key: bytes
+        self,
+        storage_url: str,
+        org: int,
+        repo_key: bytes,
+        *,
+        access: tokens.Access = "catalog",
+        job: int = 0,
+        what: str = "the restore point",
     ) -> Iterator[tuple[Repository, HttpBackend]]:
-        http = HttpBackend(storage_url, org, self._token(org), ca_file=str(self._ca_file))
+        token = self._token(org, access, job)
+        http = HttpBackend(storage_url, org, token, ca_file=str(self._ca_file))
         try:
             with Repository.open(
                 RetryingBackend(http, attempts=3),
@@ -84,7 +99,7 @@ class StorageCatalog:
         except UsageError:
             raise
         except RekindleError as e:
-            raise PlanningError(f"cannot read the restore point: {e}") from e
+            raise PlanningError(f"cannot read {what}: {e}") from e
         finally:
             http.close()
 
@@ -126,3 +141,49 @@ class StorageCatalog:
             if register:
                 http.register_grant(digest, body)
         return RestorePlan(digest, len(needs.packs), needs.files, needs.bytes)
+
+    def expire_and_prune(
+        self,
+        storage_url: str,
+        org: int,
+        repo_key: bytes,
+        snapshots: list[str],
+        *,
+        run_id: int,
+        grace: timedelta,
+        progress: Callable[[str], None],
+    ) -> MaintenanceReport:
+        """Delete the restore points `snapshots` from the repository, prune what no restore
+        point uses any more, and check the repository's structure. Runs with a maintenance
+        token whose job number (-run_id) owns the prune lock on the node."""
+        out = MaintenanceReport()
+        probe = HttpBackend(
+            storage_url, org, self._token(org, "catalog"), ca_file=str(self._ca_file)
+        )
+        try:
+            if not probe.exists("config"):
+                out.no_repository = True  # nothing was ever backed up there
+                return out
+        except RekindleError as e:
+            raise PlanningError(f"cannot reach the storage: {e}") from e
+        finally:
+            probe.close()
+        with self._repository(
+            storage_url, org, repo_key, access="maintenance", job=-run_id, what="the repository"
+        ) as (repo, _http):
+            if snapshots:
+                progress(f"deleting {len(snapshots)} restore point(s)")
+                out.removed = forget_ids(repo, snapshots)
+            progress("pruning")
+            out.prune = prune(repo, grace=grace, progress=progress)
+            progress("checking the repository's structure")
+            out.check_errors = check(repo, read_data=False, progress=progress).errors
+        return out
+
+
+@dataclass
+class MaintenanceReport:
+    removed: int = 0
+    prune: PruneReport | None = None
+    check_errors: list[str] = field(default_factory=list)
+    no_repository: bool = False

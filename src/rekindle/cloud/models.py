@@ -242,3 +242,28 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(100))
     target: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class MaintenanceRun(Base):
+    """Retention and prune of one organization's repository on one storage, run by the cloud
+    (it holds the keys; the storage node never does)."""
+
+    __tablename__ = "maintenance_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    storage_id: Mapped[int] = mapped_column(ForeignKey("storages.id"))
+    #: retention (expire restore points the policy no longer keeps, then prune)
+    kind: Mapped[str] = mapped_column(String(20))
+    #: queued | running | succeeded | failed
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    #: scheduled | manual | policy (a retention change)
+    trigger: Mapped[str] = mapped_column(String(20))
+    created: Mapped[datetime]
+    started: Mapped[datetime | None]
+    finished: Mapped[datetime | None]
+    #: Pushed forward while it runs; a running row whose heartbeat stopped was cut short.
+    heartbeat: Mapped[datetime | None]
+    removed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
+    report: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text)

@@ -64,10 +64,19 @@ class PolicyPatch(BaseModel):
     bandwidth_kib: int | None = Field(default=None, ge=0)
     retention: dict[str, int] | None = None
     cold_after_days: int | None = Field(default=None, ge=1, le=36500)
+    #: A retention change that removes restore points kept now needs this (after a look at
+    #: POST /policies/ID/retention-preview).
+    confirm_removal: bool = False
 
 
 class PolicyIn(PolicyPatch):
     name: str = Field(min_length=1, max_length=200)
+
+
+class RetentionIn(BaseModel):
+    """Retention rules: within_days, daily, weekly, monthly, yearly (0 or absent: unused)."""
+
+    retention: dict[str, int]
 
 
 class PolicyOut(_Out):
@@ -254,3 +263,23 @@ class AuditOut(_Out):
     action: str
     target: str
     detail: dict[str, Any]
+
+
+class MaintenanceRunOut(_Out):
+    id: int
+    storage_id: int
+    kind: str
+    state: str
+    trigger: str
+    created: datetime
+    started: datetime | None
+    finished: datetime | None
+    removed: int
+    bytes_freed: int
+    report: str
+    error: str | None
+
+
+class RetentionRunIn(BaseModel):
+    #: One storage; default: every storage the organization uses.
+    storage_id: int | None = None

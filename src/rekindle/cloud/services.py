@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from rekindle.cloud import schedule
+from rekindle.cloud import retention, schedule
 from rekindle.cloud.catalog import Entry, PlanningError, RestorePlan, StorageCatalog
 from rekindle.cloud.db import Database
 from rekindle.cloud.models import (
@@ -126,6 +126,8 @@ class CloudServices:
         self.catalog = catalog
         #: Called with a server id whenever a job is queued for it (wakes its long-poll).
         self.on_job_queued: list[Any] = []
+        #: Called with (organization id, policy id) when a policy's retention was changed.
+        self.on_retention_changed: list[Any] = []
 
     # -- helpers ----------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -460,15 +462,51 @@ class CloudServices:
             self._audit(s, actor, actor.org_id, "policy.create", name, **_jsonable(fields))
             return policy
 
-    def update_policy(self, actor: Actor, policy_id: int, **fields: Any) -> BackupPolicy:
+    def update_policy(
+        self, actor: Actor, policy_id: int, *, confirm_removal: bool = False, **fields: Any
+    ) -> BackupPolicy:
+        """Change a policy. A retention change that removes restore points the saved rules
+        keep is refused until the admin has seen them (`retention_preview`) and confirms;
+        once saved, retention runs at once on the storages the policy's groups use."""
         actor.require_org_admin()
+        checked = policy_fields(fields, partial=True)
         with self.db.session() as s:
             policy: BackupPolicy = self._get(s, BackupPolicy, policy_id, actor)
-            for k, v in policy_fields(fields, partial=True).items():
+            doomed: list[RestorePoint] = []
+            if "retention" in checked:
+                doomed = retention.newly_expired(s, actor.org_id, policy.id, checked["retention"])
+                if doomed and not confirm_removal:
+                    raise ConflictError(
+                        f"the new retention removes {len(doomed)} restore point(s) that are "
+                        "kept now; look at them (retention preview) and confirm the removal"
+                    )
+            for k, v in checked.items():
                 setattr(policy, k, v)
             policy.next_run = schedule.next_fire(policy.days, policy.start_time, self.now())
-            self._audit(s, actor, actor.org_id, "policy.update", policy.name, **_jsonable(fields))
-            return policy
+            self._audit(
+                s,
+                actor,
+                actor.org_id,
+                "policy.update",
+                policy.name,
+                removes=len(doomed),
+                **_jsonable(fields),
+            )
+        if "retention" in checked:
+            for hook in self.on_retention_changed:
+                hook(actor.org_id, policy_id)
+        return policy
+
+    def retention_preview(
+        self, actor: Actor, policy_id: int, new_retention: dict[str, Any]
+    ) -> list[RestorePoint]:
+        """The restore points saving `new_retention` would remove that are kept now."""
+        rules = policy_fields({"retention": new_retention}, partial=True)["retention"]
+        with self.db.session() as s:
+            policy: BackupPolicy = self._get(s, BackupPolicy, policy_id, actor)
+            doomed = retention.newly_expired(s, actor.org_id, policy.id, rules)
+            visible = self._visible_servers(s, actor)
+            return [rp for rp in doomed if rp.server_id in visible]
 
     def remove_policy(self, actor: Actor, policy_id: int) -> None:
         """Delete a policy no server group uses (a group without a policy backs up only on
@@ -1491,6 +1529,8 @@ def policy_fields(fields: dict[str, Any], *, partial: bool = False) -> dict[str,
         out.setdefault("bandwidth_kib", 0)
         out.setdefault("retention", dict(DEFAULT_RETENTION))
         out.setdefault("cold_after_days", 90)
+    if "retention" in out:
+        out["retention"] = _retention_rules(out["retention"])
     if "days" in out:
         out["days"] = schedule.format_days(schedule.parse_days(out["days"]))
     if "start_time" in out:
@@ -1502,6 +1542,23 @@ def policy_fields(fields: dict[str, Any], *, partial: bool = False) -> dict[str,
         raise UsageError("window_hours must be at most 168 (0 means no window)")
     if "cold_after_days" in out and not 1 <= int(out["cold_after_days"]) <= 36500:
         raise UsageError("cold_after_days must be between 1 and 36500")
+    return out
+
+
+def _retention_rules(rules: Any) -> dict[str, int]:
+    if not isinstance(rules, dict):
+        raise UsageError('retention is an object such as {"within_days": 60, "weekly": 24}')
+    unknown = set(rules) - set(retention.RETENTION_FIELDS)
+    if unknown:
+        raise UsageError(
+            f"unknown retention rules: {', '.join(sorted(unknown))} (known: "
+            f"{', '.join(retention.RETENTION_FIELDS)})"
+        )
+    out = {}
+    for k, v in rules.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000:
+            raise UsageError(f"retention {k} must be a whole number from 0 to 100000")
+        out[k] = v
     return out
 
 

@@ -31,6 +31,13 @@ class CloudSettings(BaseSettings):
     connected_grace_s: float = 15.0
     #: Admin session tokens expire after this long idle (seconds).
     session_ttl_s: int = 12 * 3600
+    #: Retention (expire, prune, check) runs on each storage this often (hours).
+    retention_interval_h: float = 24.0
+    #: Prune deletes the packs it condemned only after this long (seconds; docs/FORMAT.md
+    #: section 12: longer than any clock difference between the machines).
+    prune_grace_s: float = 3600.0
+    #: How often the cloud looks for queued retention runs (seconds).
+    maintenance_poll_s: float = 10.0
 
     def sqlalchemy_url(self) -> str:
         if self.database_url:

@@ -12,7 +12,9 @@ Claims (all required):
 | ``server`` | the agent's server id (for the audit trail and the lock owner) |
 | ``job`` | the job the token was issued for |
 | ``access`` | ``backup`` (add data, see what exists), ``restore`` (read what one restore \
-needs) or ``catalog`` (the cloud's own: read everything, register grants) |
+needs), ``catalog`` (the cloud's own: read everything, register grants) or ``maintenance`` \
+(the cloud's own, for retention and prune: read everything, add packs, index files and \
+garbage records, delete what prune and forget delete) |
 | ``snapshot`` | for ``restore``: the one restore point it may read; else empty (a backup \
 reads no restore point) |
 | ``grant`` | for ``restore``: SHA-256 (hex) of the grant, the list of packs the restore \
@@ -39,8 +41,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from rekindle.core.errors import RekindleError
 
 PREFIX = "rkt1"
-Access = Literal["backup", "restore", "catalog"]
-ACCESSES = ("backup", "restore", "catalog")
+Access = Literal["backup", "restore", "catalog", "maintenance"]
+ACCESSES = ("backup", "restore", "catalog", "maintenance")
 #: A clock difference between cloud and storage node that tokens tolerate.
 LEEWAY_S = 60
 

@@ -12,12 +12,26 @@ are cut in `tz` (default UTC), so a day ends at midnight there.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Generic, Protocol, TypeVar
 
 from rekindle.core.errors import UsageError
-from rekindle.format.snapshot import Snapshot
+
+
+class Dated(Protocol):
+    """What retention looks at: a restore point in the repository, or its catalog entry."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def time(self) -> datetime: ...
+    @property
+    def tags(self) -> Collection[str]: ...
+
+
+D = TypeVar("D", bound=Dated)
 
 
 @dataclass(frozen=True)
@@ -71,15 +85,15 @@ _BUCKETS: list[tuple[str, Callable[[datetime], tuple[int, ...]]]] = [
 
 
 @dataclass
-class RetentionResult:
-    keep: list[Snapshot]
-    remove: list[Snapshot]
+class RetentionResult(Generic[D]):
+    keep: list[D]
+    remove: list[D]
     reasons: dict[str, list[str]]  # snapshot id -> the rules that keep it
 
 
 def apply_retention(
-    snapshots: Sequence[Snapshot], policy: RetentionPolicy, *, tz: tzinfo = UTC
-) -> RetentionResult:
+    snapshots: Sequence[D], policy: RetentionPolicy, *, tz: tzinfo = UTC
+) -> RetentionResult[D]:
     """Split restore points (of one backup set) into those kept and those to remove."""
     ordered = sorted(snapshots, key=lambda s: (s.time, s.id), reverse=True)
     reasons: dict[str, list[str]] = {s.id: [] for s in ordered}

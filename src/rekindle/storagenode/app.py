@@ -258,10 +258,12 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
     async def delete_object(org: int, name: str, creds: Creds) -> Response:
         claims = claims_for(org, creds)
         check(claims, "delete", check_name(name))
-        if backends.ledger.lock_owner(org, name) != claims.job:
+        is_lock = name.startswith("locks/")
+        if is_lock and backends.ledger.lock_owner(org, name) != claims.job:
             raise ScopeError("a token may delete only the locks its own job took")
         await run_in_threadpool(backends.get(org).delete, name)
-        backends.ledger.forget_lock(org, name)
+        if is_lock:
+            backends.ledger.forget_lock(org, name)
         return Response(status_code=204)
 
     return app

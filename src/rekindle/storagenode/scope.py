@@ -11,7 +11,11 @@ confidentiality of the structure, not of contents:
   and only the packs of its grant: the list the cloud worked out from that restore point and
   the paths chosen (the tree packs of the restore point, the data packs of the chosen files);
 - a catalog token, which only the cloud holds for itself, reads everything and writes nothing
-  but grants.
+  but grants;
+- a maintenance token, which only the cloud holds for itself while it applies retention and
+  prunes, reads everything, adds packs, index files, garbage records and locks, and deletes
+  restore points, packs, index files, garbage records and its own locks; it never touches the
+  config or the keys.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from rekindle.net.tokens import StorageClaims
 Op = Literal["read", "list", "write", "replace", "delete"]
 
 _METADATA = ("keys/", "index/", "locks/")
+_PRUNE_WRITES = ("data/", "tree/", "index/", "garbage/", "locks/")
+_PRUNE_DELETES = ("data/", "tree/", "index/", "garbage/", "locks/", "snapshots/")
 _PACK = re.compile(r"^(data|tree)/([0-9a-f]{2})/\2[0-9a-f]{62}$")
 
 
@@ -41,6 +47,16 @@ def allowed(
     only for pack reads by restore tokens (loading a grant costs a lookup)."""
     if claims.access == "catalog":
         return op in ("read", "list")
+    if claims.access == "maintenance":
+        if op in ("read", "list"):
+            return True
+        if name == "config" or name.startswith("keys/"):
+            return False
+        if op == "write":
+            return name.startswith(_PRUNE_WRITES)
+        if op == "delete":
+            return name.startswith(_PRUNE_DELETES)
+        return name.startswith("locks/")  # replace: refresh its own lock
     if claims.access == "backup":
         if name.startswith("snapshots/"):  # writes new ones; the cloud names its parent
             return op == "write"

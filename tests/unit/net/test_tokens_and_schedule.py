@@ -87,6 +87,15 @@ def test_scopes() -> None:
     c = _claims(access="catalog")
     assert allowed(c, "read", granted) and allowed(c, "list", "snapshots/")
     assert not allowed(c, "write", "data/00/" + "00" * 32) and not allowed(c, "delete", "locks/x")
+    m = _claims(access="maintenance")
+    for name in (granted, "index/x", "garbage/x", "locks/x"):
+        assert allowed(m, "write", name) and allowed(m, "delete", name), name
+    assert allowed(m, "delete", "snapshots/x") and not allowed(m, "write", "snapshots/x")
+    assert allowed(m, "read", "snapshots/x") and allowed(m, "list", "data/")
+    for name in ("config", "keys/x"):
+        assert not allowed(m, "write", name) and not allowed(m, "delete", name)
+        assert not allowed(m, "replace", name)
+    assert not allowed(m, "replace", granted) and allowed(m, "replace", "locks/x")
 
 
 def test_schedule_days_and_next_fire() -> None:
