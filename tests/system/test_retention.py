@@ -1,0 +1,162 @@
+"""A retention run for real: two simulated years of daily backups (the engine, with an
+injected clock) in an organization's repository served by a real storage node; the cloud
+(in process, on the same injected clock) expires what the default policy no longer keeps
+through the node with its maintenance token, prunes and checks. Afterwards exactly the
+restore points the rules keep remain, in the catalog and in the repository, the space of the
+others is reclaimed, `check --read-data` passes and the newest restores byte for byte."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from rekindle.cli.services import write_storage_credentials
+from rekindle.cloud.app import CloudState, prepare
+from rekindle.cloud.models import Organization, RestorePoint
+from rekindle.cloud.services import Actor
+from rekindle.cloud.settings import CloudSettings
+from rekindle.core.clock import FakeClock
+from rekindle.repository.backup import BackupOptions, backup
+from rekindle.repository.check import check
+from rekindle.repository.repo import Repository, Secret
+from rekindle.repository.restore import restore
+from rekindle.store.local import LocalBackend
+from tests.cloud.test_retention import _kept_by_the_rules
+from tests.conftest import _free_port
+from tests.system.conftest import REKINDLE, _wait_healthy
+
+DAYS = 730
+START = datetime(2024, 1, 1, 22, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def cloud_and_node(tmp_path: Path) -> Iterator[tuple[CloudState, Path, FakeClock]]:
+    port = _free_port()
+    url = f"https://127.0.0.1:{port}"
+    clock = FakeClock(START)
+    settings = CloudSettings(
+        data_dir=tmp_path / "cloud", storage_url=url, prune_grace_s=0, retention_interval_h=24
+    )
+    state = prepare(settings, clock=clock)
+    node_dir = tmp_path / "storage"
+    write_storage_credentials(tmp_path / "cloud", node_dir, ["127.0.0.1"])
+    log = tmp_path / "storage.log"
+    with log.open("wb") as out:
+        node = subprocess.Popen(
+            [REKINDLE, "storage", "serve", "--data-dir", str(node_dir), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "REKINDLE_CACHE_DIR": str(tmp_path / "cache")},
+        )
+    try:
+        _wait_healthy(url, state.ca_file, node, log)
+        yield state, node_dir, clock
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+        state.services.db.close()
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_two_years_of_daily_backups_then_a_retention_run(
+    cloud_and_node: tuple[CloudState, Path, FakeClock], tmp_path: Path
+) -> None:
+    state, node_dir, clock = cloud_and_node
+    svc = state.services
+    org_id, _password = svc.create_organization("acme", "admin@acme.test", "correct horse")
+    admin = svc.list_admins_by_email("admin@acme.test")
+    actor = Actor(admin.id, admin.org_id, admin.role)
+    with svc.db.session() as s:
+        org = s.get(Organization, org_id)
+        assert org is not None
+        key = svc.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
+    group = svc.list_groups(actor)[0]
+    token = svc.create_activation_token(actor, group.id)
+    from rekindle.net import pki
+    from rekindle.net import protocol as p
+
+    server = svc.enroll(
+        p.EnrollRequest(
+            token=token,
+            hostname="web1",
+            os="Linux",
+            csr_pem=pki.make_csr(pki.new_key(), "web1").decode(),
+        )
+    ).server_id
+    src = tmp_path / "src"
+    src.mkdir()
+    backup_set = svc.create_backup_set(actor, server, "files", [str(src)], [])
+
+    # Two years of daily backups straight into the node's directory: each day adds a file of
+    # its own and drops the one from ten days before, so old data lives only in old points.
+    repo_dir = node_dir / "orgs" / str(org_id)
+    repo_dir.mkdir(parents=True)
+    secret = Secret(operator_key=key)
+    ids: list[str] = []
+    with Repository.init(
+        LocalBackend(repo_dir), secret, cache_root=tmp_path / "engine-cache", clock=clock
+    ) as repo:
+        for day in range(DAYS):
+            (src / f"day-{day}.bin").write_bytes(os.urandom(4096))
+            (src / f"day-{day - 10}.bin").unlink(missing_ok=True)
+            result = backup(
+                repo,
+                BackupOptions(paths=[str(src)], estimate=False, parent=ids[-1] if ids else None),
+            )
+            ids.append(result.snapshot.id)
+            clock.advance(86400)
+    times = [START + timedelta(days=d) for d in range(DAYS)]
+    with svc.db.session() as s:
+        s.add_all(
+            RestorePoint(
+                org_id=org_id,
+                server_id=server,
+                backup_set_id=backup_set.id,
+                snapshot_id=sid,
+                time=t,
+                paths=[str(src)],
+                files=10,
+                bytes=40960,
+                bytes_added=4096,
+            )
+            for sid, t in zip(ids, times, strict=True)
+        )
+    kept = {ids[i] for i in _kept_by_the_rules(times)}
+    data_before = _du(repo_dir / "data")
+
+    (run,) = state.maintenance.run_now(actor)
+    done = state.maintenance.run_next()
+    assert done is not None and done.id == run.id
+    assert done.state == "succeeded", (done.error, done.report)
+    assert done.removed == DAYS - len(kept)
+    assert "check: no errors" in done.report
+
+    with svc.db.session() as s:
+        catalog = {rp.snapshot_id for rp in s.query(RestorePoint).all()}
+    assert catalog == kept
+    in_storage = {f.name for f in (repo_dir / "snapshots").iterdir()}
+    assert in_storage == kept
+    assert ids[-1] in kept  # the newest stays
+    data_after = _du(repo_dir / "data")
+    assert data_after < data_before * 0.5, (data_before, data_after)
+    assert done.bytes_freed > 0
+    events = [e.message for e in svc.list_events(actor)]
+    assert any(f"removed {done.removed} restore point(s)" in m for m in events)
+
+    with Repository.open(LocalBackend(repo_dir), secret, cache_root=tmp_path / "c2") as repo:
+        report = check(repo, read_data=True)
+        assert report.ok, report.errors
+        target = tmp_path / "restored"
+        restore(repo, repo.read_snapshot(ids[-1]), target)
+    restored = target / str(src).lstrip("/")
+    assert sorted(f.name for f in restored.iterdir()) == sorted(f.name for f in src.iterdir())
+    for f in src.iterdir():
+        assert (restored / f.name).read_bytes() == f.read_bytes()
