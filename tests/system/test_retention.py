@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from rekindle.repository.restore import restore
 from rekindle.store.local import LocalBackend
 from tests.cloud.test_retention import _kept_by_the_rules
 from tests.conftest import _free_port
-from tests.system.conftest import REKINDLE, _wait_healthy
+from tests.system.conftest import REKINDLE, _wait_healthy, installation
 
 DAYS = 730
 START = datetime(2024, 1, 1, 22, 0, tzinfo=UTC)
@@ -160,3 +161,41 @@ def test_two_years_of_daily_backups_then_a_retention_run(
     assert sorted(f.name for f in restored.iterdir()) == sorted(f.name for f in src.iterdir())
     for f in src.iterdir():
         assert (restored / f.name).read_bytes() == f.read_bytes()
+
+
+def test_a_shorter_retention_from_the_command_line(tmp_path: Path) -> None:
+    env = {"REKINDLE_CLOUD_MAINTENANCE_POLL_S": "1", "REKINDLE_CLOUD_PRUNE_GRACE_S": "0"}
+    with installation(extra_env=env) as product:
+        src = product.root / "src-ret"
+        src.mkdir()
+        product.add_agent("ret", src)
+        for i in range(3):
+            (src / f"v{i}.txt").write_text(f"version {i}\n" * 5000)
+            assert product.backup_now("ret")["state"] == "succeeded"
+        points = product.admin_json("restore-points")
+        assert len(points) == 3
+        policy = product.admin_json("groups")[0]["policy_id"]
+        shorter = ["--keep-within-days", "0", "--keep-daily", "1", "--keep-weekly", "0"]
+        shorter += ["--keep-monthly", "0", "--keep-yearly", "0"]
+        refused = product.admin("policy-set", str(policy), *shorter, check=False)
+        assert refused.returncode == 1
+        assert "removes 2 restore point(s)" in refused.stderr
+        assert "run again with --yes" in refused.stderr
+        assert len(product.admin_json("restore-points")) == 3  # nothing changed
+        product.admin("policy-set", str(policy), *shorter, "--yes")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = [r for r in product.admin_json("retention-runs") if r["trigger"] == "policy"]
+            if runs and runs[0]["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.5)
+        assert runs[0]["state"] == "succeeded", runs[0]
+        assert runs[0]["removed"] == 2 and "check: no errors" in runs[0]["report"]
+        (left,) = product.admin_json("restore-points")
+        assert left["id"] == points[0]["id"]  # the newest (the list is newest first)
+        dest = product.root / "after-retention"
+        job = product.admin_json("restore", str(left["id"]), "--to-path", str(dest))
+        assert product.wait_job(job["id"])["state"] == "succeeded"
+        restored = dest / str(src).lstrip("/")
+        for i in range(3):
+            assert (restored / f"v{i}.txt").read_text() == f"version {i}\n" * 5000

@@ -220,6 +220,9 @@ def group_add(
     )
 
 
+KeepOpt = Annotated[int | None, typer.Option(min=0, help="Retention rule (0: unused).")]
+_POINT_COLS = ["id", "server_id", "backup_set_id", "time", "files", "bytes", "snapshot_id"]
+
 _POLICY_COLS = [
     "id",
     "name",
@@ -278,8 +281,18 @@ def policy_set(
     retry_interval_min: Annotated[int | None, typer.Option()] = None,
     bandwidth_kib: Annotated[int | None, typer.Option()] = None,
     cold_after_days: Annotated[int | None, typer.Option()] = None,
+    keep_within_days: KeepOpt = None,
+    keep_daily: KeepOpt = None,
+    keep_weekly: KeepOpt = None,
+    keep_monthly: KeepOpt = None,
+    keep_yearly: KeepOpt = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm removing what a shorter retention drops.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
+    """Change a policy. A shorter retention lists the restore points it would remove and
+    changes nothing unless --yes is given."""
     body = _given(
         days=days,
         start_time=start,
@@ -289,7 +302,84 @@ def policy_set(
         bandwidth_kib=bandwidth_kib,
         cold_after_days=cold_after_days,
     )
+    rules = _given(
+        within_days=keep_within_days,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
+        yearly=keep_yearly,
+    )
+    if rules:
+        current = next(x for x in call("GET", "/policies") if x["id"] == policy_id)
+        body["retention"] = {**current["retention"], **rules}
+        doomed = call(
+            "POST",
+            f"/policies/{policy_id}/retention-preview",
+            {"retention": body["retention"]},
+        )
+        if doomed and not yes:
+            sys.stderr.write(f"this retention removes {len(doomed)} restore point(s):\n")
+            show(doomed, as_json, _POINT_COLS)
+            raise ApiError("nothing changed: run again with --yes to remove them")
+        body["confirm_removal"] = bool(doomed)
     show(call("PATCH", f"/policies/{policy_id}", body), as_json, _POLICY_COLS)
+
+
+@app.command("retention-preview")
+def retention_preview(
+    policy_id: int,
+    keep_within_days: KeepOpt = None,
+    keep_daily: KeepOpt = None,
+    keep_weekly: KeepOpt = None,
+    keep_monthly: KeepOpt = None,
+    keep_yearly: KeepOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The restore points these rules (the given ones replace the policy's) would remove."""
+    current = next(x for x in call("GET", "/policies") if x["id"] == policy_id)
+    rules = _given(
+        within_days=keep_within_days,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
+        yearly=keep_yearly,
+    )
+    body = {"retention": {**current["retention"], **rules}}
+    show(call("POST", f"/policies/{policy_id}/retention-preview", body), as_json, _POINT_COLS)
+
+
+@app.command("retention-expiring")
+def retention_expiring(as_json: JsonOpt = False) -> None:
+    """The restore points the next retention run removes."""
+    show(call("GET", "/retention/expiring"), as_json, _POINT_COLS)
+
+
+_RUN_COLS = [
+    "id",
+    "storage_id",
+    "state",
+    "trigger",
+    "created",
+    "finished",
+    "removed",
+    "bytes_freed",
+    "error",
+]
+
+
+@app.command("retention-runs")
+def retention_runs(as_json: JsonOpt = False) -> None:
+    """Retention runs (expire, prune, check), newest first; --json includes their reports."""
+    show(call("GET", "/retention/runs"), as_json, _RUN_COLS)
+
+
+@app.command("retention-run")
+def retention_run(
+    storage: Annotated[int | None, typer.Option(help="One storage (default: all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a retention run now."""
+    show(call("POST", "/retention/runs", {"storage_id": storage}), as_json, _RUN_COLS)
 
 
 @app.command("policy-remove")
