@@ -405,3 +405,43 @@ def test_an_administrator_is_changed_on_the_admins_page(browser: TestClient, clo
     assert "(disabled)" in browser.get("/ui/admins").text
     r = browser.post(f"/ui/admins/{cloud.admin.admin_id}", data={"csrf": csrf, "role": "read_only"})
     assert r.status_code == 409 and "last enabled organization admin" in r.text
+
+
+def test_a_shorter_retention_shows_what_goes_and_needs_a_tick(
+    browser: TestClient, cloud: Cloud
+) -> None:
+    from rekindle.net import protocol as p
+
+    server = cloud.enroll("retained")
+    cloud.svc.create_backup_set(cloud.admin, server, "files", ["/srv"], [])
+    for day in range(5):
+        cloud.backup_reported(
+            server, p.JobResult(state="succeeded", snapshot_id=f"{day:02d}" * 32, files=day)
+        )
+        cloud.clock.advance(86400)
+    policy = cloud.svc.list_policies(cloud.admin)[0]  # the default group's
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    page = browser.get(f"/ui/policies/{policy.id}").text
+    assert f'name="policy_id" value="{policy.id}"' in page
+    shorter = _policy_form(
+        csrf, name=policy.name, policy_id=str(policy.id), within_days="2", weekly="0"
+    )
+    shorter.update(monthly="0", yearly="0")
+    preview = browser.post("/ui/policies/preview", data=shorter).text
+    assert "keeps every restore point for 2 days" in preview
+    assert "Saving removes 2 restore points" in preview  # days 0 and 1 of 0..4
+    assert preview.count("<li>h: ") == 2 and 'name="confirm_removal"' in preview
+    same = browser.post(
+        "/ui/policies/preview", data={**shorter, "within_days": "60", "weekly": "24"}
+    ).text
+    assert "Saving removes" not in same
+    r = browser.post(f"/ui/policies/{policy.id}", data=shorter)
+    assert r.status_code == 409 and "removes 2 restore point(s)" in r.text
+    r = browser.post(f"/ui/policies/{policy.id}", data={**shorter, "confirm_removal": "1"})
+    assert r.status_code == 303 and "Retention+runs+now" in r.headers["location"]
+    page = browser.get("/ui/retention").text
+    assert page.count("<td>h</td>") == 2  # what the queued run removes
+    assert '<span class="state queued">queued</span>' in page and "<td>policy</td>" in page
+    r = browser.post("/ui/retention/run", data={"csrf": csrf})
+    assert r.status_code == 303  # one queued run per storage: nothing new
+    assert len(cloud.state.maintenance.list_runs(cloud.admin)) == 1

@@ -157,6 +157,10 @@ def test_retention_rules_are_checked(api: TestClient, cloud: Cloud) -> None:
 def test_retention_runs_are_queued_once_per_storage_and_only_by_org_admins(
     api: TestClient, cloud: Cloud
 ) -> None:
+    m = cloud.state.maintenance
+    assert m.queue_due() == 0  # no restore point anywhere: nothing to expire or prune
+    server, set_id = _setup(cloud)
+    _daily_points(cloud, server, set_id, days=2)
     r = api.post("/api/v1/retention/runs", json={})
     assert r.status_code == 201
     (run,) = r.json()
@@ -164,7 +168,6 @@ def test_retention_runs_are_queued_once_per_storage_and_only_by_org_admins(
     assert [x["id"] for x in again] == [run["id"]]  # one waiting run is enough
     assert api.post("/api/v1/retention/runs", json={"storage_id": 999}).status_code == 404
     cloud.svc.create_admin(cloud.admin, "ro@acme.test", "read_only", [])
-    m = cloud.state.maintenance
     ro = next(a for a in cloud.svc.list_admins(cloud.admin) if a.email == "ro@acme.test")
     with pytest.raises(ForbiddenError):
         m.run_now(Actor(ro.id, ro.org_id, ro.role))

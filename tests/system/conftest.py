@@ -201,6 +201,7 @@ def installation(
         **(extra_env or {}),
         "REKINDLE_ADMIN_CONFIG": str(root / "admin.json"),
         "REKINDLE_CLOUD_SCHEDULER_INTERVAL_S": "1",
+        "REKINDLE_CLOUD_MAINTENANCE_POLL_S": "1",
         "REKINDLE_CACHE_DIR": str(root / "cache"),
     }
     prod = Product(root, cloud_url, storage_url, root / "cloud" / "ca" / "ca.pem", env)

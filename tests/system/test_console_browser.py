@@ -160,6 +160,37 @@ def test_enroll_from_the_console_back_up_now_and_watch_it_finish(product: Produc
         assert (restored / "file-3.txt").read_bytes() == (src / "file-3.txt").read_bytes()
         restore_job = page.url.rsplit("/", 1)[1]
 
+        # a second restore point, then a retention that keeps only the newest: the policy
+        # page lists what saving removes, and saving needs the tick
+        nav.get_by_role("link", name="Servers").click()
+        page.get_by_role("link", name="webhost").click()
+        page.get_by_role("button", name="Backup Now").click()
+        expect(page.locator("#job-state")).to_have_text("succeeded", timeout=60_000)
+        nav.get_by_role("link", name="Policies").click()
+        page.get_by_role("link", name="weeknights").click()
+        page.get_by_label("Keep every restore point for, days").fill("0")
+        page.get_by_label("then daily ones").fill("1")
+        for label in ("weekly ones", "monthly ones", "yearly ones"):
+            page.get_by_label(label).fill("0")
+        expect(page.locator("#preview")).to_contain_text("keeps one a day for 1 day")
+        expect(page.get_by_role("alert")).to_contain_text("Saving removes 1 restore point")
+        page.get_by_label("Remove them when I save").check()
+        expect(page.get_by_label("Remove them when I save")).to_be_checked()
+        page.screenshot(path=str(SHOTS / "policy-retention.png"), full_page=True)
+        page.get_by_role("button", name="Save policy").click()
+        expect(page.get_by_role("status")).to_contain_text("Retention runs now")
+        nav.get_by_role("link", name="Retention").click()
+        (queued,) = [r for r in product.admin_json("retention-runs") if r["trigger"] == "policy"]
+        run = page.locator(f"#run-{queued['id']}")
+        for _ in range(60):
+            if run.locator(".state").inner_text() not in ("queued", "running"):
+                break
+            page.wait_for_timeout(1000)
+            page.reload()
+        expect(run).to_contain_text("succeeded")
+        page.screenshot(path=str(SHOTS / "retention.png"), full_page=True)
+        assert len(product.admin_json("restore-points")) == 1
+
         nav.get_by_role("link", name="Events").click()
         expect(
             page.get_by_role("row", name=f"restore job {restore_job} on webhost: succeeded")

@@ -92,7 +92,7 @@ class Maintenance:
         queued = 0
         with self.svc.db.session() as s:
             for org in s.scalars(select(Organization).with_for_update()):
-                for storage_id in sorted(self._storages_in_use(s, org.id)):
+                for storage_id in sorted(self._storages_with_points(s, org.id)):
                     last = s.scalar(
                         select(MaintenanceRun)
                         .where(
@@ -291,6 +291,19 @@ class Maintenance:
         return set(
             s.scalars(select(ServerGroup.storage_id).where(ServerGroup.org_id == org_id)).all()
         )
+
+    @staticmethod
+    def _storages_with_points(s: Any, org_id: int) -> set[int]:
+        """Storages holding restore points of the organization (elsewhere there is nothing
+        to expire, and a repository may not even exist yet)."""
+        q = (
+            select(ServerGroup.storage_id)
+            .join(Server, Server.group_id == ServerGroup.id)
+            .join(RestorePoint, RestorePoint.server_id == Server.id)
+            .where(ServerGroup.org_id == org_id)
+            .distinct()
+        )
+        return set(s.scalars(q).all())
 
     @staticmethod
     def _describe(s: Any, rp: RestorePoint) -> str:

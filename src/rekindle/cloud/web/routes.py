@@ -365,14 +365,26 @@ def console_router() -> APIRouter:
 
     @r.post("/policies/preview", response_class=HTMLResponse)
     async def policy_preview(request: Request) -> Response:
-        """The plain-language line under the form, as the admin types (htmx)."""
-        await _page(request)
+        """The plain-language line under the form as the admin types, and for a saved
+        policy the restore points a shorter retention would remove (htmx)."""
+        page = await _page(request)
+        form = await request.form()
         try:
-            _name, fields = policy_from_form(await request.form())
+            _name, fields = policy_from_form(form)
             # the same checks and normalisation the service applies when saving
-            return HTMLResponse(escape(describe_policy(**policy_fields(fields))))
+            text = escape(describe_policy(**policy_fields(fields)))
         except (UsageError, ValueError) as e:
             return HTMLResponse(f'<span class="error">{escape(str(e))}</span>')
+        policy_id = _opt_int(str(form.get("policy_id") or ""))
+        if policy_id is None:
+            return HTMLResponse(text)
+        doomed = await _act(
+            lambda: page.svc.retention_preview(page.actor, policy_id, fields["retention"])
+        )
+        removal = templates.get_template("_removal.html").render(
+            doomed=doomed, servers=await run_in_threadpool(_hostnames, page)
+        )
+        return HTMLResponse(text + removal)
 
     @r.post("/policies")
     async def add_policy(request: Request) -> Response:
@@ -386,9 +398,38 @@ def console_router() -> APIRouter:
     async def edit_policy(request: Request, policy_id: int) -> Response:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
-        _name, fields = _checked(policy_from_form, await request.form())
-        await _act(lambda: page.svc.update_policy(page.actor, policy_id, **fields))
-        return _back(f"/ui/policies/{policy_id}", "Policy saved.")
+        form = await request.form()
+        _name, fields = _checked(policy_from_form, form)
+        confirm = bool(form.get("confirm_removal"))
+        await _act(
+            lambda: page.svc.update_policy(page.actor, policy_id, confirm_removal=confirm, **fields)
+        )
+        note = " Retention runs now on its storage." if confirm else ""
+        return _back(f"/ui/policies/{policy_id}", "Policy saved." + note)
+
+    @r.get("/retention", response_class=HTMLResponse)
+    async def retention_page(request: Request) -> Response:
+        page = await _page(request)
+        m = request.app.state.maintenance
+
+        def load() -> dict[str, Any]:
+            return {
+                "expiring": m.expiring(page.actor),
+                "runs": m.list_runs(page.actor, 50),
+                "servers": _hostnames(page),
+                "storages": {x.id: x.name for x in page.svc.list_storages(page.actor)},
+            }
+
+        ctx = await _act(load)
+        return _render(request, page, "retention.html", title="Retention", **ctx)
+
+    @r.post("/retention/run")
+    async def retention_run(request: Request) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        m = request.app.state.maintenance
+        runs = await _act(lambda: m.run_now(page.actor))
+        return _back("/ui/retention", f"Retention queued on {len(runs)} storage(s).")
 
     @r.post("/policies/{policy_id}/remove")
     async def remove_policy(request: Request, policy_id: int) -> Response:
@@ -651,6 +692,10 @@ def install_console(app: FastAPI) -> None:
     handlers[PageError] = page_error
     for cls, handler in handlers.items():
         app.add_exception_handler(cls, handler)
+
+
+def _hostnames(page: Page) -> dict[int, str]:
+    return {x.id: x.hostname for x in page.svc.list_servers(page.actor)}
 
 
 def _back(url: str, notice: str) -> Response:
