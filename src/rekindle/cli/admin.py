@@ -669,3 +669,46 @@ def admin_set(
         as_json,
         ["id", "email", "role", "group_ids", "disabled"],
     )
+
+
+@app.command()
+def notifications(as_json: JsonOpt = False) -> None:
+    """Who gets the organization's emails, and when a silent agent raises an alert."""
+    show(
+        call("GET", "/notifications"),
+        as_json,
+        ["recipients", "effective_recipients", "offline_after_hours", "email_enabled"],
+    )
+
+
+@app.command("notifications-set")
+def notifications_set(
+    to: Annotated[
+        list[str] | None, typer.Option("--to", help="A recipient (replaces the list).")
+    ] = None,
+    admins: Annotated[
+        bool, typer.Option("--admins", help="No list: mail the organization admins.")
+    ] = False,
+    offline_hours: Annotated[int | None, typer.Option(min=1, max=8760)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    body: dict[str, Any] = _given(offline_after_hours=offline_hours)
+    if to:
+        body["recipients"] = to
+    elif admins:
+        body["recipients"] = []
+    show(
+        call("PUT", "/notifications", body),
+        as_json,
+        ["recipients", "effective_recipients", "offline_after_hours", "email_enabled"],
+    )
+
+
+@app.command()
+def emails(as_json: JsonOpt = False) -> None:
+    """The organization's outbox: sent, waiting and failed emails."""
+    show(
+        call("GET", "/emails"),
+        as_json,
+        ["id", "created", "state", "attempts", "subject", "recipients", "last_error"],
+    )

@@ -312,6 +312,30 @@ def admin_router() -> APIRouter:
             acknowledged=await run_in_threadpool(svc.acknowledge_alerts, me, ids)
         )
 
+    @r.get("/notifications", response_model=sc.NotificationsOut)
+    async def notifications(svc: Svc, me: Me) -> Any:
+        mine, effective, hours = await run_in_threadpool(svc.notification_settings, me)
+        return sc.NotificationsOut(
+            recipients=mine,
+            effective_recipients=effective,
+            offline_after_hours=hours,
+            email_enabled=svc.email,
+        )
+
+    @r.put("/notifications", response_model=sc.NotificationsOut)
+    async def set_notifications(body: sc.NotificationsIn, svc: Svc, me: Me) -> Any:
+        await run_in_threadpool(
+            lambda: svc.set_notifications(
+                me, recipients=body.recipients, offline_after_hours=body.offline_after_hours
+            )
+        )
+        return await notifications(svc, me)
+
+    @r.get("/emails", response_model=list[sc.EmailOut])
+    async def emails(svc: Svc, me: Me, limit: Limit = 100) -> Any:
+        """The organization's outbox, newest first (organization admins)."""
+        return await run_in_threadpool(svc.list_emails, me, limit)
+
     @r.get("/audit", response_model=list[sc.AuditOut])
     async def audit(svc: Svc, me: Me, limit: Limit = 100) -> Any:
         return await run_in_threadpool(svc.list_audit, me, limit)

@@ -18,6 +18,7 @@ from rekindle import __version__
 from rekindle.cloud.api import Waker, admin_router, agent_router, install_error_handlers
 from rekindle.cloud.catalog import StorageCatalog
 from rekindle.cloud.db import Database
+from rekindle.cloud.mailer import Mailer, SmtpSettings
 from rekindle.cloud.maintenance import Maintenance
 from rekindle.cloud.security import KeyEncryptionKey
 from rekindle.cloud.services import CloudServices
@@ -40,6 +41,8 @@ class CloudState:
     ca_file: Path
     token_public: Path
     maintenance: Maintenance
+    #: Sends the outbox; None when no SMTP server is configured.
+    mailer: Mailer | None = None
 
 
 def prepare(settings: CloudSettings, clock: Clock | None = None) -> CloudState:
@@ -67,7 +70,24 @@ def prepare(settings: CloudSettings, clock: Clock | None = None) -> CloudState:
         connected_grace_s=settings.connected_grace_s,
         session_ttl_s=settings.session_ttl_s,
         catalog=StorageCatalog(token_key, d / "ca" / "ca.pem", d / "cache"),
+        email=bool(settings.smtp_host),
+        console_url=settings.console_url(),
     )
+    mail = None
+    if settings.smtp_host:
+        mail = Mailer(
+            db,
+            svc.clock,
+            SmtpSettings(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                starttls=settings.smtp_starttls,
+                user=settings.smtp_user,
+                password=settings.smtp_secret(),
+                sender=settings.smtp_from,
+                ca_file=settings.smtp_ca_file,
+            ),
+        )
     maintenance = Maintenance(
         svc,
         interval=timedelta(hours=settings.retention_interval_h),
@@ -83,6 +103,7 @@ def prepare(settings: CloudSettings, clock: Clock | None = None) -> CloudState:
         d / "ca" / "ca.pem",
         public,
         maintenance,
+        mail,
     )
 
 
@@ -97,6 +118,8 @@ def create_app(state: CloudState, *, run_scheduler: bool = True) -> FastAPI:
         if run_scheduler:
             tasks.append(asyncio.create_task(_scheduler(state)))
             tasks.append(asyncio.create_task(_maintenance(state)))
+            if state.mailer is not None:
+                tasks.append(asyncio.create_task(_mail(state, state.mailer)))
         try:
             yield
         finally:
@@ -154,6 +177,7 @@ async def _scheduler(state: CloudState) -> None:
             n = await run_in_threadpool(state.services.fire_due_schedules)
             if n:
                 log.info("scheduler fired %d schedule(s)", n)
+            await run_in_threadpool(state.services.check_offline_agents)
         except Exception:
             log.exception("scheduler pass failed; trying again in %.0f s", interval)
         await asyncio.sleep(interval)
@@ -171,4 +195,14 @@ async def _maintenance(state: CloudState) -> None:
                 pass
         except Exception:
             log.exception("retention pass failed; trying again in %.0f s", interval)
+        await asyncio.sleep(interval)
+
+
+async def _mail(state: CloudState, mailer: Mailer) -> None:
+    interval = state.settings.mail_poll_s
+    while True:
+        try:
+            await run_in_threadpool(mailer.deliver_due)
+        except Exception:
+            log.exception("mail pass failed; trying again in %.0f s", interval)
         await asyncio.sleep(interval)

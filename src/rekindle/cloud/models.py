@@ -58,6 +58,10 @@ class Organization(Base):
     created: Mapped[datetime]
     #: The organization's repository operator key, sealed with the installation's KEK.
     repo_key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    #: Who gets the organization's emails; empty: its enabled organization admins.
+    notify_emails: Mapped[list[str]] = mapped_column(default=list)
+    #: An enabled server whose agent is not seen for this long raises an alert (hours).
+    offline_after_hours: Mapped[int] = mapped_column(Integer, default=24)
 
 
 class Admin(Base):
@@ -267,3 +271,23 @@ class MaintenanceRun(Base):
     bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
     report: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class OutboundEmail(Base):
+    """An email to send (the outbox): written in the transaction of the event it reports,
+    delivered by the cloud's mail task with retries, so a mail server that is down loses
+    nothing and slows nothing."""
+
+    __tablename__ = "outbound_emails"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    recipients: Mapped[list[str]]
+    subject: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime]
+    #: queued | sent | failed (gave up)
+    state: Mapped[str] = mapped_column(String(10), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_try: Mapped[datetime]
+    sent: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

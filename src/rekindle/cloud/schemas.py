@@ -283,3 +283,30 @@ class MaintenanceRunOut(_Out):
 class RetentionRunIn(BaseModel):
     #: One storage; default: every storage the organization uses.
     storage_id: int | None = None
+
+
+class NotificationsIn(BaseModel):
+    #: Who gets the organization's emails; an empty list: its organization admins.
+    recipients: list[str] | None = Field(default=None, max_length=100)
+    #: Hours without the agent connecting before an enabled server raises an alert.
+    offline_after_hours: int | None = Field(default=None, ge=1, le=8760)
+
+
+class NotificationsOut(BaseModel):
+    recipients: list[str]
+    #: Who actually gets mail now (the admins when no recipient is set).
+    effective_recipients: list[str]
+    offline_after_hours: int
+    #: False when the installation has no SMTP server configured: nothing is mailed.
+    email_enabled: bool
+
+
+class EmailOut(_Out):
+    id: int
+    recipients: list[str]
+    subject: str
+    created: datetime
+    state: str
+    attempts: int
+    sent: datetime | None
+    last_error: str | None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from rekindle.cloud import retention, schedule
+from rekindle.cloud import mailer, retention, schedule
 from rekindle.cloud.catalog import Entry, PlanningError, RestorePlan, StorageCatalog
 from rekindle.cloud.db import Database
 from rekindle.cloud.models import (
@@ -29,6 +30,7 @@ from rekindle.cloud.models import (
     Job,
     MissedFileRow,
     Organization,
+    OutboundEmail,
     RestorePoint,
     Server,
     ServerGroup,
@@ -56,6 +58,7 @@ T = TypeVar("T")
 
 ACTIVE_JOB_STATES = ("queued", "running")
 SEVERITIES = ("info", "warning", "error")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 #: Events of these severities are alerts until an admin acknowledges them.
 ALERT_SEVERITIES = ("warning", "error")
 DEFAULT_RETENTION: dict[str, Any] = {"within_days": 60, "weekly": 24, "monthly": 12, "yearly": 3}
@@ -112,6 +115,8 @@ class CloudServices:
         connected_grace_s: float = 15.0,
         session_ttl_s: int = 12 * 3600,
         catalog: StorageCatalog | None = None,
+        email: bool = False,
+        console_url: str = "",
     ) -> None:
         self.db = db
         self.kek = kek
@@ -124,6 +129,10 @@ class CloudServices:
         self.session_ttl_s = session_ttl_s
         #: Plans restores (reads repositories on storage nodes); None in a cloud without.
         self.catalog = catalog
+        #: Whether mail-worthy events queue emails (SMTP is configured).
+        self.email = email
+        #: Where admins reach the console, for links in emails ("" : no link).
+        self.console_url = console_url.rstrip("/")
         #: Called with a server id whenever a job is queued for it (wakes its long-poll).
         self.on_job_queued: list[Any] = []
         #: Called with (organization id, policy id) when a policy's retention was changed.
@@ -169,6 +178,19 @@ class CloudServices:
                 job_id=job_id,
             )
         )
+        if self.email and kind in mailer.MAILED_EVENTS:
+            lines = [message, "", f"When: {self.now():%Y-%m-%d %H:%M:%S} UTC"]
+            server = s.get(Server, server_id) if server_id is not None else None
+            if server is not None:
+                lines.append(f"Server: {server.hostname}")
+            if job_id is not None:
+                lines.append(f"Job: {job_id}")
+            if self.console_url:
+                lines += ["", f"Alerts: {self.console_url}/ui/alerts"]
+            subject = mailer.MAILED_EVENTS[kind]
+            if server is not None:
+                subject += f" ({server.hostname})"
+            mailer.enqueue(s, org_id, self.now(), subject, "\n".join(lines) + "\n")
 
     def _get(self, s: Session, model: Any, obj_id: int, actor: Actor) -> Any:
         obj = s.get(model, obj_id)
@@ -1056,6 +1078,80 @@ class CloudServices:
         with self.db.session() as s:
             q = select(AuditEntry).where(AuditEntry.org_id == actor.org_id)
             return list(s.scalars(q.order_by(AuditEntry.id.desc()).limit(limit)).all())
+
+    # -- notifications ---------------------------------------------------------------------
+    def notification_settings(self, actor: Actor) -> tuple[list[str], list[str], int]:
+        """(recipients set, who actually gets mail, hours before an offline alert)."""
+        with self.db.session() as s:
+            org = _must(s.get(Organization, actor.org_id))
+            return list(org.notify_emails), mailer.recipients(s, org), org.offline_after_hours
+
+    def set_notifications(
+        self, actor: Actor, *, recipients: list[str] | None, offline_after_hours: int | None
+    ) -> None:
+        actor.require_org_admin()
+        for address in recipients or []:
+            if not _EMAIL.match(address):
+                raise UsageError(f"{address!r} is not an email address")
+        if offline_after_hours is not None and not 1 <= offline_after_hours <= 24 * 365:
+            raise UsageError("offline_after_hours must be between 1 and 8760")
+        with self.db.session() as s:
+            org = _must(s.get(Organization, actor.org_id))
+            if recipients is not None:
+                org.notify_emails = sorted(set(recipients))
+            if offline_after_hours is not None:
+                org.offline_after_hours = offline_after_hours
+            self._audit(
+                s,
+                actor,
+                actor.org_id,
+                "notifications.update",
+                org.name,
+                recipients=org.notify_emails,
+                offline_after_hours=org.offline_after_hours,
+            )
+
+    def list_emails(self, actor: Actor, limit: int = 100) -> list[OutboundEmail]:
+        """The organization's outbox, newest first: what was sent, what waits, what failed."""
+        actor.require_org_admin()
+        with self.db.session() as s:
+            q = select(OutboundEmail).where(OutboundEmail.org_id == actor.org_id)
+            return list(s.scalars(q.order_by(OutboundEmail.id.desc()).limit(limit)).all())
+
+    def check_offline_agents(self) -> int:
+        """Raise an alert (and a mail) for each enabled server whose agent has not been seen
+        for its organization's offline_after_hours, once per silence; returns how many."""
+        raised = 0
+        now = self.now()
+        with self.db.session() as s:
+            limits = {o.id: o.offline_after_hours for o in s.scalars(select(Organization))}
+            for server in s.scalars(select(Server).where(Server.enabled.is_(True))):
+                seen = server.last_seen or server.created
+                hours = limits.get(server.org_id, 24)
+                if now - seen < timedelta(hours=hours):
+                    continue
+                told = s.scalar(
+                    select(func.count())
+                    .select_from(Event)
+                    .where(
+                        Event.server_id == server.id,
+                        Event.kind == "agent.offline",
+                        Event.time > seen,
+                    )
+                )
+                if told:
+                    continue
+                self._event(
+                    s,
+                    server.org_id,
+                    "warning",
+                    "agent.offline",
+                    f"the agent of {server.hostname} has not connected since "
+                    f"{seen:%Y-%m-%d %H:%M} UTC (more than {hours} hours)",
+                    server_id=server.id,
+                )
+                raised += 1
+        return raised
 
     # -- the scheduler -----------------------------------------------------------------------
     def fire_due_schedules(self) -> int:

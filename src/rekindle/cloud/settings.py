@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +39,30 @@ class CloudSettings(BaseSettings):
     prune_grace_s: float = 3600.0
     #: How often the cloud looks for queued retention runs (seconds).
     maintenance_poll_s: float = 10.0
+
+    #: Where admins reach the console (links in emails); default: https://HOST:PORT.
+    public_url: str = ""
+    #: SMTP server for email; empty: no email is sent (events and alerts still are kept).
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_starttls: bool = True
+    smtp_user: str = ""
+    #: The SMTP password: this variable, or better a file readable by the cloud only.
+    smtp_password: SecretStr = SecretStr("")
+    smtp_password_file: Path | None = None
+    smtp_from: str = "rekindle@localhost"
+    #: CA certificates to verify the SMTP server's certificate (default: the system's).
+    smtp_ca_file: Path | None = None
+    #: How often the cloud sends the emails that are due (seconds).
+    mail_poll_s: float = 5.0
+
+    def smtp_secret(self) -> str:
+        if self.smtp_password_file is not None:
+            return self.smtp_password_file.read_text().strip()
+        return self.smtp_password.get_secret_value()
+
+    def console_url(self) -> str:
+        return self.public_url or f"https://{self.host}:{self.port}"
 
     def sqlalchemy_url(self) -> str:
         if self.database_url:
