@@ -445,3 +445,26 @@ def test_a_shorter_retention_shows_what_goes_and_needs_a_tick(
     r = browser.post("/ui/retention/run", data={"csrf": csrf})
     assert r.status_code == 303  # one queued run per storage: nothing new
     assert len(cloud.state.maintenance.list_runs(cloud.admin)) == 1
+
+
+def test_email_settings_on_the_alerts_page(browser: TestClient, cloud: Cloud) -> None:
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    page = browser.get("/ui/alerts").text
+    assert "No SMTP server is configured" in page
+    r = browser.post(
+        "/ui/alerts/notifications",
+        data={"csrf": csrf, "recipients": "ops@acme.test\noncall@acme.test", "offline_hours": "6"},
+    )
+    assert r.status_code == 303
+    assert cloud.svc.notification_settings(cloud.admin) == (
+        ["oncall@acme.test", "ops@acme.test"],
+        ["oncall@acme.test", "ops@acme.test"],
+        6,
+    )
+    r = browser.post(
+        "/ui/alerts/notifications", data={"csrf": csrf, "recipients": "nope", "offline_hours": "6"}
+    )
+    assert r.status_code == 422 and "not an email address" in r.text
+    cloud.svc.email = True
+    page = browser.get("/ui/alerts").text
+    assert "Mailed to oncall@acme.test, ops@acme.test" in page and "6 hours" in page

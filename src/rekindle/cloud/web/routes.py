@@ -560,8 +560,37 @@ def console_router() -> APIRouter:
     @r.get("/alerts", response_class=HTMLResponse)
     async def alerts(request: Request) -> Response:
         page = await _page(request)
-        rows = await _act(lambda: page.svc.list_events(page.actor, 500, alerts=True))
-        return _render(request, page, "alerts.html", title="Alerts", alerts=rows)
+
+        def load() -> dict[str, Any]:
+            svc, me = page.svc, page.actor
+            mine, effective, hours = svc.notification_settings(me)
+            return {
+                "alerts": svc.list_events(me, 500, alerts=True),
+                "recipients": mine,
+                "effective": effective,
+                "offline_hours": hours,
+                "email_enabled": svc.email,
+                "emails": svc.list_emails(me, 20) if me.role == "org_admin" else [],
+            }
+
+        ctx = await _act(load)
+        return _render(request, page, "alerts.html", title="Alerts", **ctx)
+
+    @r.post("/alerts/notifications")
+    async def set_notifications(
+        request: Request,
+        recipients: Annotated[str, Form(max_length=10_000)] = "",
+        offline_hours: Annotated[int, Form(ge=1, le=8760)] = 24,
+    ) -> Response:
+        page = await _page(request)
+        await sess.check_csrf(request, page.csrf)
+        to = [a.strip() for a in recipients.replace(",", "\n").splitlines() if a.strip()]
+        await _act(
+            lambda: page.svc.set_notifications(
+                page.actor, recipients=to, offline_after_hours=offline_hours
+            )
+        )
+        return _back("/ui/alerts", "Email settings saved.")
 
     @r.post("/alerts/acknowledge")
     async def acknowledge(request: Request) -> Response:
