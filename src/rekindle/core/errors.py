@@ -60,6 +60,11 @@ class ReadOnlyError(StorageError):
     """A write was attempted through a read-only view of a backend."""
 
 
+class ArchivedError(StorageError):
+    """The object is in the archive tier: it cannot be read until a thaw (defreeze) has
+    brought it back to warm storage."""
+
+
 class IntegrityError(RekindleError):
     """Data failed authentication or its hash: it is damaged or was tampered with."""
 

@@ -17,12 +17,18 @@ import botocore.config
 import botocore.exceptions
 
 from rekindle.core.errors import (
+    ArchivedError,
     ObjectExistsError,
     ObjectNotFoundError,
     StorageError,
     TransientStorageError,
+    UsageError,
 )
 from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
+from rekindle.store.tier import TierState
+
+#: Storage classes whose objects must be restored (thawed) before they can be read.
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _EXISTS = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
@@ -48,6 +54,8 @@ def _translate(e: Exception, what: str) -> StorageError:
         status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         if code in _NOT_FOUND or status == "404":
             return ObjectNotFoundError(f"{what}: not found")
+        if code == "InvalidObjectState":  # an object in an archive class, not restored
+            return ArchivedError(f"{what}: in archive storage; it needs a defreeze first")
         if code in _EXISTS or status == "412":
             return ObjectExistsError(f"{what}: already exists")
         if code in _TRANSIENT or status.startswith("5"):
@@ -61,8 +69,19 @@ def _translate(e: Exception, what: str) -> StorageError:
 
 class S3Backend(Backend):
     def __init__(
-        self, bucket: str, prefix: str = "", *, client: Any = None, storage_class: str | None = None
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: Any = None,
+        storage_class: str | None = None,
+        archive_class: str = "GLACIER",
+        thaw_tier: str = "Standard",
     ) -> None:
+        if archive_class not in ARCHIVE_CLASSES:
+            raise UsageError(f"archive class must be one of {', '.join(ARCHIVE_CLASSES)}")
+        self.archive_class = archive_class
+        self.thaw_tier = thaw_tier
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -133,6 +152,59 @@ class S3Backend(Backend):
             self._s3.delete_object(Bucket=self.bucket, Key=self._key(name))
         except Exception as e:  # noqa: BLE001
             raise _translate(e, f"deleting {name}") from None
+
+    # -- the archive tier (see store/tier.py) -------------------------------------------------
+    def archive(self, name: str) -> None:
+        """Copy the object onto itself with the archive storage class (same key, same
+        bytes: an index naming it stays right)."""
+        head = self._head(name)
+        if head.get("StorageClass") in ARCHIVE_CLASSES:
+            return
+        key = self._key(name)
+        try:
+            self._s3.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                StorageClass=self.archive_class,
+                MetadataDirective="COPY",
+            )
+        except Exception as e:  # noqa: BLE001
+            raise _translate(e, f"archiving {name}") from None
+
+    def thaw(self, name: str, days: int) -> None:
+        if self.tier_state(name) in (TierState.WARM, TierState.THAWING):
+            return
+        try:
+            self._s3.restore_object(
+                Bucket=self.bucket,
+                Key=self._key(name),
+                RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": self.thaw_tier}},
+            )
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "RestoreAlreadyInProgress":
+                return
+            raise _translate(e, f"thawing {name}") from None
+        except Exception as e:  # noqa: BLE001
+            raise _translate(e, f"thawing {name}") from None
+
+    def tier_state(self, name: str) -> TierState:
+        head = self._head(name)
+        if head.get("StorageClass") not in ARCHIVE_CLASSES:
+            return TierState.WARM
+        restore = str(head.get("Restore") or "")
+        if 'ongoing-request="true"' in restore:
+            return TierState.THAWING
+        if 'ongoing-request="false"' in restore:
+            return TierState.THAWED
+        return TierState.ARCHIVED
+
+    def _head(self, name: str) -> dict[str, Any]:
+        try:
+            head: dict[str, Any] = self._s3.head_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as e:  # noqa: BLE001
+            raise _translate(e, f"stat {name}") from None
+        return head
 
     def close(self) -> None:
         self._s3.close()

@@ -21,6 +21,7 @@ from rekindle.store.local import LocalBackend
 from rekindle.store.memory import MemoryBackend
 from rekindle.store.ratelimit import RateLimitedBackend
 from rekindle.store.retry import RetryingBackend
+from rekindle.store.tier import LocalArchiveBackend
 
 Factory = Callable[[pytest.FixtureRequest, Path], Backend]
 
@@ -46,6 +47,7 @@ BACKENDS: dict[str, Factory] = {
     "ratelimit(local)": lambda r, t: RateLimitedBackend(LocalBackend(t / "repo"), 1 << 30),
     "retry(faulty(memory))": lambda r, t: _flaky(MemoryBackend()),
     "retry(faulty(local))": lambda r, t: _flaky(LocalBackend(t / "repo")),
+    "archive(local)": lambda r, t: LocalArchiveBackend(t / "repo", t / "archive"),
 }
 
 
