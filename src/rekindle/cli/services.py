@@ -179,11 +179,31 @@ def storage_serve(
             help="Keep the repositories on S3 instead: s3://BUCKET[/PREFIX] (AWS_* variables).",
         ),
     ] = None,
+    archive_dir: Annotated[
+        Path | None,
+        typer.Option(help="An archive tier on another disk (local repositories)."),
+    ] = None,
+    archive_class: Annotated[
+        str | None,
+        typer.Option(help="An archive tier on S3: GLACIER or DEEP_ARCHIVE (with --backend)."),
+    ] = None,
+    thaw_delay_s: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="How long a thaw takes: the local archive waits this long (slow media); "
+            "on S3, what to tell admins (default: what S3 documents).",
+        ),
+    ] = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve each organization's repository over HTTPS: under DATA_DIR/orgs, or under
     BACKEND/orgs on S3. DATA_DIR must hold tls.pem, tls.key and token.pub (`rekindle cloud
     storage-credentials`); the node keeps its ledger (lock owners, restore grants) there."""
+    if archive_class and not backend:
+        raise UsageError("--archive-class needs --backend s3://...; use --archive-dir on disk")
+    if archive_dir is not None and backend:
+        raise UsageError("--archive-dir is for local repositories; on S3 use --archive-class")
     from rekindle.net.tlsserver import make_server
     from rekindle.storagenode.app import node_app
 
@@ -194,7 +214,13 @@ def storage_serve(
                 f"{data_dir / f} is missing: run 'rekindle cloud storage-credentials' first"
             )
     server = make_server(
-        node_app(data_dir, backend),
+        node_app(
+            data_dir,
+            backend,
+            archive_dir=archive_dir,
+            archive_class=archive_class,
+            thaw_delay_s=thaw_delay_s,
+        ),
         host=host,
         port=port,
         certfile=data_dir / "tls.pem",

@@ -8,6 +8,8 @@
 | PUT | /storage/v1/orgs/{org}/objects/{name}?replace=0 | write once (409 when it exists) |
 | DELETE | /storage/v1/orgs/{org}/objects/{name} | delete |
 | PUT | /storage/v1/orgs/{org}/grants/{sha256} | register a restore's grant (cloud only) |
+| POST | /storage/v1/orgs/{org}/tier | archive, thaw or ask the state of data packs (cloud) |
+| GET | /storage/v1/tier | whether the node has an archive tier, and the thaw delay to expect |
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from rekindle import __version__
 from rekindle.core.errors import (
+    ArchivedError,
     NoSpaceError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -34,8 +40,9 @@ from rekindle.core.errors import (
 )
 from rekindle.net.tokens import StorageClaims, TokenError, verify
 from rekindle.storagenode.ledger import NodeLedger
-from rekindle.storagenode.scope import Op, allowed
+from rekindle.storagenode.scope import Op, allowed, is_pack
 from rekindle.store.base import Backend, check_name
+from rekindle.store.tier import archive_of
 
 _bearer = HTTPBearer(auto_error=False)
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -51,10 +58,32 @@ class ScopeError(RekindleError):
     """A valid token used for something it was not issued for."""
 
 
+@dataclass(frozen=True)
+class TierInfo:
+    """The node's archive tier as the cloud sees it."""
+
+    kind: str = ""  # "" (none), "local" or the S3 storage class
+    #: How long a thaw takes, for the admin's estimate (seconds).
+    thaw_estimate_s: float = 0.0
+
+
+class TierRequest(BaseModel):
+    op: Literal["archive", "thaw", "state"]
+    names: list[str] = Field(max_length=100_000)
+    #: For a thaw: how many days the thawed copy stays readable.
+    days: int = Field(default=7, ge=1, le=365)
+
+
 class OrgBackends:
     """One backend per organization, opened on first use."""
 
-    def __init__(self, factory: Callable[[int], Backend], ledger: NodeLedger | None = None) -> None:
+    def __init__(
+        self,
+        factory: Callable[[int], Backend],
+        ledger: NodeLedger | None = None,
+        tier: TierInfo | None = None,
+    ) -> None:
+        self.tier = tier or TierInfo()
         self._factory = factory
         self._open: dict[int, Backend] = {}
         self._lock = threading.Lock()
@@ -86,29 +115,73 @@ def local_factory(root: Path) -> Callable[[int], Backend]:
     return make
 
 
-def s3_factory(location: str) -> Callable[[int], Backend]:
+def s3_factory(location: str, archive_class: str | None = None) -> Callable[[int], Backend]:
     """Each organization under LOCATION/orgs/<id> (``s3://bucket[/prefix]``), with retries;
     credentials and endpoint come from the usual AWS_* environment."""
-    from rekindle.store.location import open_backend
+    from rekindle.store.retry import RetryingBackend
+    from rekindle.store.s3 import S3Backend
 
     if not location.startswith("s3://"):
         raise UsageError(f"a storage backend is s3://BUCKET[/PREFIX], not {location!r}")
-    base = location.rstrip("/")
+    bucket, _, prefix = location[len("s3://") :].rstrip("/").partition("/")
+    if not bucket:
+        raise UsageError(f"no bucket in {location!r}: use s3://BUCKET[/PREFIX]")
 
     def make(org: int) -> Backend:
-        return open_backend(f"{base}/orgs/{int(org)}")
+        org_prefix = f"{prefix}/orgs/{int(org)}" if prefix else f"orgs/{int(org)}"
+        return RetryingBackend(
+            S3Backend(bucket, org_prefix, archive_class=archive_class or "GLACIER")
+        )
 
     return make
 
 
-def node_app(data_dir: Path, backend: str | None = None) -> FastAPI:
+def local_archive_factory(
+    root: Path, archive_dir: Path, thaw_delay: timedelta
+) -> Callable[[int], Backend]:
+    from rekindle.store.tier import LocalArchiveBackend
+
+    def make(org: int) -> Backend:
+        return LocalArchiveBackend(
+            root / "orgs" / str(int(org)),
+            archive_dir / "orgs" / str(int(org)),
+            thaw_delay=thaw_delay,
+        )
+
+    return make
+
+
+def node_app(
+    data_dir: Path,
+    backend: str | None = None,
+    *,
+    archive_dir: Path | None = None,
+    archive_class: str | None = None,
+    thaw_delay_s: float = 0.0,
+) -> FastAPI:
     """A node serving DATA_DIR/orgs/<id> (or BACKEND/orgs/<id> on S3), with the cloud's token
-    key (token.pub) and the ledger (ledger.sqlite) in DATA_DIR."""
+    key (token.pub) and the ledger (ledger.sqlite) in DATA_DIR. An archive tier: ARCHIVE_DIR
+    for local disks (a thaw takes THAW_DELAY_S), or ARCHIVE_CLASS on S3."""
     from rekindle.net.tokens import load_public
 
-    factory = s3_factory(backend) if backend else local_factory(data_dir)
-    backends = OrgBackends(factory, NodeLedger(data_dir / "ledger.sqlite"))
+    tier = TierInfo()
+    if archive_class and archive_class not in S3_THAW_ESTIMATE_S:
+        raise UsageError(f"archive class must be one of {', '.join(S3_THAW_ESTIMATE_S)}")
+    if backend:
+        factory = s3_factory(backend, archive_class)
+        if archive_class:
+            tier = TierInfo(archive_class, thaw_delay_s or S3_THAW_ESTIMATE_S[archive_class])
+    elif archive_dir is not None:
+        factory = local_archive_factory(data_dir, archive_dir, timedelta(seconds=thaw_delay_s))
+        tier = TierInfo("local", thaw_delay_s)
+    else:
+        factory = local_factory(data_dir)
+    backends = OrgBackends(factory, NodeLedger(data_dir / "ledger.sqlite"), tier)
     return create_app(backends, load_public((data_dir / "token.pub").read_bytes()))
+
+
+#: What S3 documents for a Standard retrieval: up to 5 hours (GLACIER), 12 (DEEP_ARCHIVE).
+S3_THAW_ESTIMATE_S = {"GLACIER": 5 * 3600.0, "DEEP_ARCHIVE": 12 * 3600.0}
 
 
 def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
@@ -122,6 +195,7 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
     app.add_exception_handler(ObjectNotFoundError, lambda _r, e: fail(404, str(e)))
     app.add_exception_handler(ObjectExistsError, lambda _r, e: fail(409, str(e)))
     app.add_exception_handler(NoSpaceError, lambda _r, e: fail(507, str(e)))
+    app.add_exception_handler(ArchivedError, lambda _r, e: fail(423, str(e)))
     app.add_exception_handler(UsageError, lambda _r, e: fail(400, str(e)))
     app.add_exception_handler(StorageError, lambda _r, e: fail(503, str(e)))
 
@@ -253,6 +327,44 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
             return fail(413, f"grant larger than {MAX_OBJECT} bytes")
         await run_in_threadpool(backends.ledger.add_grant, org, digest, body)
         return Response(status_code=201)
+
+    @app.get("/storage/v1/tier")
+    async def tier_info() -> dict[str, Any]:
+        info = backends.tier
+        return {
+            "archive": bool(info.kind),
+            "kind": info.kind,
+            "thaw_estimate_s": info.thaw_estimate_s,
+        }
+
+    @app.post("/storage/v1/orgs/{org}/tier")
+    async def tier(org: int, body: TierRequest, creds: Creds) -> dict[str, Any]:
+        """Archive (maintenance token), thaw or ask the state of (catalog or maintenance
+        token) data packs; answers the state of each afterwards."""
+        claims = claims_for(org, creds)
+        allowed_access = ("maintenance",) if body.op == "archive" else ("catalog", "maintenance")
+        if claims.access not in allowed_access:
+            raise ScopeError(f"a {claims.access} token may not {body.op} packs")
+        if not backends.tier.kind:
+            raise UsageError("this storage node has no archive tier")
+        for name in body.names:
+            if not (is_pack(check_name(name)) and name.startswith("data/")):
+                raise UsageError(f"{name!r} is not a data pack: only data packs are archived")
+        store = archive_of(backends.get(org))
+        if store is None:
+            raise UsageError("this storage node has no archive tier")
+
+        def run() -> dict[str, str]:
+            states = {}
+            for name in body.names:
+                if body.op == "archive":
+                    store.archive(name)
+                elif body.op == "thaw":
+                    store.thaw(name, body.days)
+                states[name] = store.tier_state(name).value
+            return states
+
+        return {"states": await run_in_threadpool(run)}
 
     @app.delete("/storage/v1/orgs/{org}/objects/{name:path}", status_code=204)
     async def delete_object(org: int, name: str, creds: Creds) -> Response:

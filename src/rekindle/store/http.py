@@ -8,6 +8,7 @@ the retry wrapper handles them.
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from rekindle.core.errors import (
+    ArchivedError,
     NoSpaceError,
     ObjectExistsError,
     ObjectNotFoundError,
@@ -88,6 +90,8 @@ class HttpBackend(Backend):
             raise ObjectExistsError(msg)
         if resp.status_code == 507:
             raise NoSpaceError(msg)
+        if resp.status_code == 423:
+            raise ArchivedError(msg)
         if resp.status_code >= 500 or resp.status_code == 429:
             raise TransientStorageError(msg)
         raise StorageError(msg)
@@ -99,6 +103,26 @@ class HttpBackend(Backend):
     def register_grant(self, digest: str, body: bytes) -> None:
         """Tell the node which packs a restore may read (needs the cloud's catalog token)."""
         self._request("PUT", "grant", content=body, url=f"{self._org_path}/grants/{digest}")
+
+    def tier(self, op: str, names: list[str], days: int = 7) -> dict[str, str]:
+        """Archive, thaw or ask the state of data packs (store/tier.py) on the node; returns
+        each pack's state afterwards. Needs the cloud's maintenance (archive) or catalog
+        token."""
+        body = json.dumps({"op": op, "names": names, "days": days}).encode()
+        resp = self._request(
+            "POST",
+            "tier",
+            content=body,
+            extra={"Content-Type": "application/json"},
+            url=f"{self._org_path}/tier",
+        )
+        states: dict[str, str] = resp.json()["states"]
+        return states
+
+    def tier_info(self) -> dict[str, object]:
+        """Whether the node has an archive tier, its kind and the thaw time to expect."""
+        info: dict[str, object] = self._request("GET", "tier", url="/storage/v1/tier").json()
+        return info
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         check_name(name)

@@ -52,6 +52,16 @@ class Archive(Protocol):
     def tier_state(self, name: str) -> TierState: ...
 
 
+def archive_of(backend: Backend) -> Archive | None:
+    """The archive tier behind `backend` and its wrappers (retries, limits), if any."""
+    seen: object = backend
+    while seen is not None:
+        if isinstance(seen, Archive):
+            return seen
+        seen = getattr(seen, "inner", None)
+    return None
+
+
 class LocalArchiveBackend(Backend):
     """Warm objects under `root`, archived ones under `archive_root`; thaw requests under
     `archive_root`/../<name>.thaw as small JSON files, so they survive restarts."""
