@@ -103,7 +103,7 @@ def test_archive_and_thaw_through_the_node(node: Node, tmp_path: Path) -> None:
     assert info == {"archive": True, "kind": "local", "thaw_estimate_s": 2.0}
     for access in ("backup", "restore", "catalog"):
         with pytest.raises(StorageError, match="may not archive"):
-            node.backend(access).tier("archive", [pack])  # type: ignore[arg-type]
+            node.backend(access).tier("archive", [pack])
     with pytest.raises(StorageError, match="not a data pack"):
         node.backend("maintenance").tier("archive", [trees[0]])
     assert node.backend("maintenance").tier("archive", [pack]) == {pack: "archived"}
