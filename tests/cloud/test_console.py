@@ -468,3 +468,16 @@ def test_email_settings_on_the_alerts_page(browser: TestClient, cloud: Cloud) ->
     cloud.svc.email = True
     page = browser.get("/ui/alerts").text
     assert "Mailed to oncall@acme.test, ops@acme.test" in page and "6 hours" in page
+
+
+def test_the_dashboard_shows_each_storage_as_last_measured(
+    browser: TestClient, cloud: Cloud
+) -> None:
+    _login(browser, "admin@acme.test", cloud.password)
+    storage = cloud.svc.list_storages(cloud.admin)[0]
+    assert "not yet" in browser.get("/ui/").text
+    raised = cloud.state.maintenance._record_usage(storage.id, [cloud.admin.org_id], 850, 1000)
+    assert raised == 1
+    page = browser.get("/ui/").text
+    assert 'value="85.0"' in page and "85.0 %" in page and "1000 B" in page
+    assert "Warm: 0 B; cold: 0 B" in page

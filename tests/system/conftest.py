@@ -22,6 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
+from rekindle.cli.services import write_storage_credentials
+from rekindle.cloud.app import CloudState, prepare
+from rekindle.cloud.settings import CloudSettings
+from rekindle.core.clock import FakeClock
 from tests.conftest import _free_port
 
 REKINDLE = str(Path(sys.executable).parent / "rekindle")
@@ -271,3 +275,36 @@ def product() -> Iterator[Product]:
 def next_minute() -> str:
     t = datetime.now(UTC) + timedelta(minutes=1)
     return f"{t:%H:%M}"
+
+
+@pytest.fixture
+def cloud_and_node(tmp_path: Path) -> Iterator[tuple[CloudState, Path, FakeClock]]:
+    """A cloud in this process on an injected clock (START_2024), its default storage a real
+    storage node process on local disk; (cloud state, the node's data directory, clock)."""
+    port = _free_port()
+    url = f"https://127.0.0.1:{port}"
+    clock = FakeClock(START_2024)
+    settings = CloudSettings(
+        data_dir=tmp_path / "cloud", storage_url=url, prune_grace_s=0, retention_interval_h=24
+    )
+    state = prepare(settings, clock=clock)
+    node_dir = tmp_path / "storage"
+    write_storage_credentials(tmp_path / "cloud", node_dir, ["127.0.0.1"])
+    log = tmp_path / "storage.log"
+    with log.open("wb") as out:
+        node = subprocess.Popen(
+            [REKINDLE, "storage", "serve", "--data-dir", str(node_dir), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "REKINDLE_CACHE_DIR": str(tmp_path / "cache")},
+        )
+    try:
+        _wait_healthy(url, state.ca_file, node, log)
+        yield state, node_dir, clock
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+        state.services.db.close()
+
+
+START_2024 = datetime(2024, 1, 1, 22, 0, tzinfo=UTC)

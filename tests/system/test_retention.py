@@ -8,19 +8,13 @@ others is reclaimed, `check --read-data` passes and the newest restores byte for
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-import pytest
-
-from rekindle.cli.services import write_storage_credentials
-from rekindle.cloud.app import CloudState, prepare
+from rekindle.cloud.app import CloudState
 from rekindle.cloud.models import Organization, RestorePoint
 from rekindle.cloud.services import Actor
-from rekindle.cloud.settings import CloudSettings
 from rekindle.core.clock import FakeClock
 from rekindle.repository.backup import BackupOptions, backup
 from rekindle.repository.check import check
@@ -28,39 +22,10 @@ from rekindle.repository.repo import Repository, Secret
 from rekindle.repository.restore import restore
 from rekindle.store.local import LocalBackend
 from tests.cloud.test_retention import _kept_by_the_rules
-from tests.conftest import _free_port
-from tests.system.conftest import REKINDLE, _wait_healthy, installation
+from tests.system.conftest import START_2024, installation
 
 DAYS = 730
-START = datetime(2024, 1, 1, 22, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def cloud_and_node(tmp_path: Path) -> Iterator[tuple[CloudState, Path, FakeClock]]:
-    port = _free_port()
-    url = f"https://127.0.0.1:{port}"
-    clock = FakeClock(START)
-    settings = CloudSettings(
-        data_dir=tmp_path / "cloud", storage_url=url, prune_grace_s=0, retention_interval_h=24
-    )
-    state = prepare(settings, clock=clock)
-    node_dir = tmp_path / "storage"
-    write_storage_credentials(tmp_path / "cloud", node_dir, ["127.0.0.1"])
-    log = tmp_path / "storage.log"
-    with log.open("wb") as out:
-        node = subprocess.Popen(
-            [REKINDLE, "storage", "serve", "--data-dir", str(node_dir), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "REKINDLE_CACHE_DIR": str(tmp_path / "cache")},
-        )
-    try:
-        _wait_healthy(url, state.ca_file, node, log)
-        yield state, node_dir, clock
-    finally:
-        node.terminate()
-        node.wait(timeout=30)
-        state.services.db.close()
+START = START_2024
 
 
 def _du(path: Path) -> int:

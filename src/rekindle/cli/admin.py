@@ -197,7 +197,36 @@ def server_enable(server_id: int, as_json: JsonOpt = False) -> None:
 @app.command()
 def storages(as_json: JsonOpt = False) -> None:
     """List the storage nodes a server group can use."""
-    show(call("GET", "/storages"), as_json, ["id", "name", "url"])
+    show(
+        call("GET", "/storages"),
+        as_json,
+        ["id", "name", "url", "used_bytes", "total_bytes", "checked"],
+    )
+
+
+@app.command()
+def stats(as_json: JsonOpt = False) -> None:
+    """What the organization has stored, per server and per storage."""
+    res = call("GET", "/stats")
+    if as_json:
+        show(res, True, [])
+        return
+    ratio = res["dedup_ratio"]
+    sys.stdout.write(
+        f"{res['restore_points']} restore points: {res['raw_bytes']} bytes backed up, "
+        f"{res['stored_bytes']} stored (ratio {ratio if ratio else '-'}); "
+        f"warm {res['warm_bytes']}, cold {res['cold_bytes']}\n"
+    )
+    show(
+        res["servers"],
+        False,
+        ["id", "hostname", "restore_points", "latest_bytes", "stored_bytes", "last_backup"],
+    )
+    show(
+        res["storages"],
+        False,
+        ["id", "name", "used_bytes", "total_bytes", "percent", "checked"],
+    )
 
 
 @app.command()

@@ -134,6 +134,10 @@ def cloud_add_storage(
     url: Annotated[str, typer.Argument(help="Where agents reach the node: https://HOST:PORT")],
     data_dir: DataDir = Path("var/cloud"),
     database_url: Annotated[str, typer.Option()] = "",
+    capacity_gib: Annotated[
+        float | None,
+        typer.Option(help="Capacity for the 80 % alert (default: the node's disk)."),
+    ] = None,
 ) -> None:
     """Register another storage node; admins then pick it for a server group
     (`rekindle admin group-add NAME --storage ID`)."""
@@ -141,8 +145,28 @@ def cloud_add_storage(
     from rekindle.cloud.settings import CloudSettings
 
     state = prepare(CloudSettings(data_dir=data_dir, database_url=database_url))
-    storage = state.services.add_storage(name, url)
+    capacity = int(capacity_gib * 2**30) if capacity_gib else None
+    storage = state.services.add_storage(name, url, capacity)
     sys.stdout.write(f"storage {storage.id} '{name}' at {storage.url}\n")
+
+
+@cloud_app.command("storage-capacity")
+def cloud_storage_capacity(
+    storage_id: int,
+    gib: Annotated[
+        float | None, typer.Option(help="Capacity in GiB; leave out for the node's disk.")
+    ] = None,
+    data_dir: DataDir = Path("var/cloud"),
+    database_url: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Set the capacity a storage's 80 % alert measures against."""
+    from rekindle.cloud.app import prepare
+    from rekindle.cloud.settings import CloudSettings
+
+    state = prepare(CloudSettings(data_dir=data_dir, database_url=database_url))
+    storage = state.services.set_storage_capacity(storage_id, int(gib * 2**30) if gib else None)
+    where = f"{storage.capacity_bytes} bytes" if storage.capacity_bytes else "the node's disk"
+    sys.stdout.write(f"storage {storage.id} '{storage.name}': capacity {where}\n")
 
 
 @cloud_app.command("storage-credentials")

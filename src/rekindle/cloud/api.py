@@ -136,6 +136,12 @@ def admin_router() -> APIRouter:
     async def storages(svc: Svc, me: Me) -> Any:
         return await run_in_threadpool(svc.list_storages, me)
 
+    @r.get("/stats", response_model=sc.StatsOut)
+    async def stats(svc: Svc, me: Me) -> Any:
+        """Bytes backed up and stored, the dedup ratio, warm and cold bytes, per server and
+        per storage (with its last measured usage)."""
+        return await run_in_threadpool(svc.statistics, me)
+
     @r.get("/policies", response_model=list[sc.PolicyOut])
     async def policies(svc: Svc, me: Me) -> Any:
         return await run_in_threadpool(svc.list_policies, me)

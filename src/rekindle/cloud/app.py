@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -188,8 +189,12 @@ async def _maintenance(state: CloudState) -> None:
     run may take long: it happens in a worker thread, off the event loop)."""
     m = state.maintenance
     interval = state.settings.maintenance_poll_s
+    measured = -1e18
     while True:
         try:
+            if time.monotonic() - measured >= state.settings.storage_check_s:
+                measured = time.monotonic()
+                await run_in_threadpool(m.check_storages)
             await run_in_threadpool(m.queue_due)
             while await run_in_threadpool(m.run_next) is not None:
                 pass

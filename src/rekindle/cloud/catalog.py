@@ -142,6 +142,16 @@ class StorageCatalog:
                 http.register_grant(digest, body)
         return RestorePlan(digest, len(needs.packs), needs.files, needs.bytes)
 
+    def usage(self, storage_url: str, org: int) -> dict[str, Any]:
+        """The organization's bytes on the node and the node's filesystem (None on S3)."""
+        http = HttpBackend(storage_url, org, self._token(org), ca_file=str(self._ca_file))
+        try:
+            return http.usage()
+        except RekindleError as e:
+            raise PlanningError(f"cannot reach the storage: {e}") from e
+        finally:
+            http.close()
+
     def expire_and_prune(
         self,
         storage_url: str,

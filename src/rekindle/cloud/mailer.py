@@ -38,6 +38,7 @@ MAILED_EVENTS = {
     "job.gave_up": "a backup failed after its last retry",
     "agent.offline": "an agent is not connecting",
     "retention.failed": "a retention run failed",
+    "storage.full": "a storage is nearly full",
 }
 
 

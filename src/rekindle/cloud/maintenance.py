@@ -37,6 +37,9 @@ from rekindle.core.errors import RekindleError
 
 log = logging.getLogger(__name__)
 
+#: A storage used beyond this share of its capacity raises an alert; below CLEAR it clears.
+STORAGE_ALERT = 0.80
+STORAGE_CLEAR = 0.75
 #: A running run's heartbeat moves at least this often; one silent for STALE is dead.
 HEARTBEAT_S = 30
 STALE = timedelta(minutes=10)
@@ -262,6 +265,63 @@ class Maintenance:
                     "continues where it left off",
                 )
             )
+
+    # -- storage usage ----------------------------------------------------------------------------
+    def check_storages(self) -> int:
+        """Measure each storage in use and raise an alert (and a mail) for every organization
+        on it when it passes STORAGE_ALERT of its capacity; it clears below STORAGE_CLEAR.
+        Capacity: the operator's setting, measured against the repositories' bytes; without
+        one, the node's filesystem (its size and what is used on it). Returns alerts raised."""
+        if self.svc.catalog is None:
+            return 0
+        with self.svc.db.session() as s:
+            users: dict[int, list[int]] = {}
+            for g in s.scalars(select(ServerGroup)):
+                users.setdefault(g.storage_id, [])
+                if g.org_id not in users[g.storage_id]:
+                    users[g.storage_id].append(g.org_id)
+            storages = {x.id: (x.url, x.capacity_bytes) for x in s.scalars(select(Storage))}
+        raised = 0
+        for storage_id, orgs in sorted(users.items()):
+            url, capacity = storages[storage_id]
+            try:
+                answers = [self.svc.catalog.usage(url, org) for org in sorted(orgs)]
+            except RekindleError as e:
+                log.warning("storage %d: usage not known: %s", storage_id, e)
+                continue
+            stored = sum(int(a["org_bytes"]) for a in answers)
+            fs = next((a["filesystem"] for a in answers if a.get("filesystem")), None)
+            used, total = (
+                (stored, capacity)
+                if capacity
+                else ((int(fs["used"]), int(fs["total"])) if fs else (stored, None))
+            )
+            raised += self._record_usage(storage_id, orgs, used, total)
+        return raised
+
+    def _record_usage(self, storage_id: int, orgs: list[int], used: int, total: int | None) -> int:
+        with self.svc.db.session() as s:
+            storage = _must(s.get(Storage, storage_id))
+            storage.used_bytes, storage.total_bytes = used, total
+            storage.checked = self.svc.now()
+            if not total:
+                return 0
+            share = used / total
+            if share < STORAGE_CLEAR:
+                storage.over_threshold = False
+            if share < STORAGE_ALERT or storage.over_threshold:
+                return 0
+            storage.over_threshold = True
+            for org_id in orgs:
+                self.svc._event(
+                    s,
+                    org_id,
+                    "warning",
+                    "storage.full",
+                    f"storage {storage.name} is {share:.0%} full ({used} of {total} bytes); "
+                    "add capacity, shorten retention, or move server groups to another storage",
+                )
+            return len(orgs)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _queue(self, s: Any, org_id: int, storage_id: int, trigger: str) -> MaintenanceRun:

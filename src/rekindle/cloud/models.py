@@ -97,7 +97,14 @@ class Storage(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     url: Mapped[str] = mapped_column(String(500))
+    #: Set by the operator; None: the node's filesystem size (local disks).
     capacity_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: From the last usage check: bytes used and the capacity they are measured against.
+    used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    checked: Mapped[datetime | None]
+    #: Above the alert threshold at the last check (an alert is raised on the way up only).
+    over_threshold: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class BackupPolicy(Base):

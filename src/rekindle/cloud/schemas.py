@@ -116,6 +116,42 @@ class StorageOut(_Out):
     name: str
     url: str
     capacity_bytes: int | None
+    used_bytes: int | None = None
+    total_bytes: int | None = None
+    checked: datetime | None = None
+
+
+class ServerStats(BaseModel):
+    id: int
+    hostname: str
+    restore_points: int
+    #: Size of the newest restore point (the data it covers).
+    latest_bytes: int
+    #: What its restore points added to the repository after deduplication and compression.
+    stored_bytes: int
+    last_backup: datetime | None
+
+
+class StorageStats(BaseModel):
+    id: int
+    name: str
+    used_bytes: int | None
+    total_bytes: int | None
+    percent: float | None
+    checked: datetime | None
+
+
+class StatsOut(BaseModel):
+    #: Sum of what every restore point covers.
+    raw_bytes: int
+    #: What they take in the repository after deduplication and compression.
+    stored_bytes: int
+    dedup_ratio: float | None
+    warm_bytes: int
+    cold_bytes: int
+    restore_points: int
+    servers: list[ServerStats]
+    storages: list[StorageStats]
 
 
 class ActivationIn(BaseModel):

@@ -450,18 +450,81 @@ class CloudServices:
             return list(s.scalars(select(Admin).where(Admin.org_id == actor.org_id)).all())
 
     # -- groups, policies, storages -----------------------------------------------------------
-    def add_storage(self, name: str, url: str) -> Storage:
+    def add_storage(self, name: str, url: str, capacity_bytes: int | None = None) -> Storage:
         """Register a storage node (an operator's action: storages serve every organization).
         Its TLS certificate must come from this cloud's CA (`storage-credentials`)."""
         if not url.startswith("https://") or len(url) > 500:
             raise UsageError("a storage node's URL is https://HOST:PORT")
+        _check_capacity(capacity_bytes)
         with self.db.session() as s:
             if s.scalar(select(Storage).where(Storage.name == name)):
                 raise ConflictError(f"a storage named {name!r} exists")
-            storage = Storage(name=name, url=url.rstrip("/"))
+            storage = Storage(name=name, url=url.rstrip("/"), capacity_bytes=capacity_bytes)
             s.add(storage)
             s.flush()
             return storage
+
+    def set_storage_capacity(self, storage_id: int, capacity_bytes: int | None) -> Storage:
+        """The capacity the storage-full alert measures against (an operator's action; None:
+        the node's filesystem)."""
+        _check_capacity(capacity_bytes)
+        with self.db.session() as s:
+            storage = s.get(Storage, storage_id)
+            if storage is None:
+                raise NotFoundError(f"storage {storage_id} not found")
+            storage.capacity_bytes = capacity_bytes
+            storage.over_threshold = False  # measured afresh against the new capacity
+            return storage
+
+    def statistics(self, actor: Actor) -> dict[str, Any]:
+        """What the organization has stored: in all, per server and per storage. Until the
+        archive tier exists every byte is warm."""
+        points = self.list_restore_points(actor)
+        raw = sum(p.bytes for p in points)
+        stored = sum(p.bytes_added for p in points)
+        servers = []
+        for server in self.list_servers(actor):
+            mine = [p for p in points if p.server_id == server.id]  # newest first
+            servers.append(
+                {
+                    "id": server.id,
+                    "hostname": server.hostname,
+                    "restore_points": len(mine),
+                    "latest_bytes": mine[0].bytes if mine else 0,
+                    "stored_bytes": sum(p.bytes_added for p in mine),
+                    "last_backup": mine[0].time if mine else None,
+                }
+            )
+        with self.db.session() as s:
+            used_ids = set(
+                s.scalars(
+                    select(ServerGroup.storage_id).where(ServerGroup.org_id == actor.org_id)
+                ).all()
+            )
+            storages = [
+                {
+                    "id": x.id,
+                    "name": x.name,
+                    "used_bytes": x.used_bytes,
+                    "total_bytes": x.total_bytes,
+                    "percent": round(100 * x.used_bytes / x.total_bytes, 1)
+                    if x.used_bytes is not None and x.total_bytes
+                    else None,
+                    "checked": x.checked,
+                }
+                for x in s.scalars(select(Storage).order_by(Storage.id))
+                if x.id in used_ids
+            ]
+        return {
+            "raw_bytes": raw,
+            "stored_bytes": stored,
+            "dedup_ratio": round(raw / stored, 2) if stored else None,
+            "warm_bytes": stored,
+            "cold_bytes": 0,
+            "restore_points": len(points),
+            "servers": servers,
+            "storages": storages,
+        }
 
     def list_storages(self, actor: Actor) -> list[Storage]:
         del actor
@@ -1585,6 +1648,11 @@ def _must(obj: T | None) -> T:
 
 def _os_family(os_name: str) -> str:
     return "windows" if os_name.lower().startswith("windows") else "linux"
+
+
+def _check_capacity(capacity_bytes: int | None) -> None:
+    if capacity_bytes is not None and capacity_bytes <= 0:
+        raise UsageError("a storage's capacity is a positive number of bytes")
 
 
 def _check_paths(paths: list[str], what: str, *, absolute: bool = True) -> None:

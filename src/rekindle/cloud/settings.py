@@ -39,6 +39,8 @@ class CloudSettings(BaseSettings):
     prune_grace_s: float = 3600.0
     #: How often the cloud looks for queued retention runs (seconds).
     maintenance_poll_s: float = 10.0
+    #: How often the cloud measures each storage's usage (seconds).
+    storage_check_s: float = 600.0
 
     #: Where admins reach the console (links in emails); default: https://HOST:PORT.
     public_url: str = ""

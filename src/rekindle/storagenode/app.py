@@ -9,12 +9,14 @@
 | DELETE | /storage/v1/orgs/{org}/objects/{name} | delete |
 | PUT | /storage/v1/orgs/{org}/grants/{sha256} | register a restore's grant (cloud only) |
 | POST | /storage/v1/orgs/{org}/tier | archive, thaw or ask the state of data packs (cloud) |
+| GET | /storage/v1/orgs/{org}/usage | the organization's bytes and the node's disk (cloud) |
 | GET | /storage/v1/tier | whether the node has an archive tier, and the thaw delay to expect |
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,8 +84,11 @@ class OrgBackends:
         factory: Callable[[int], Backend],
         ledger: NodeLedger | None = None,
         tier: TierInfo | None = None,
+        root: Path | None = None,
     ) -> None:
         self.tier = tier or TierInfo()
+        #: The directory the repositories live in (None on S3): its filesystem's usage.
+        self.root: Path | None = root
         self._factory = factory
         self._open: dict[int, Backend] = {}
         self._lock = threading.Lock()
@@ -176,7 +181,9 @@ def node_app(
         tier = TierInfo("local", thaw_delay_s)
     else:
         factory = local_factory(data_dir)
-    backends = OrgBackends(factory, NodeLedger(data_dir / "ledger.sqlite"), tier)
+    backends = OrgBackends(
+        factory, NodeLedger(data_dir / "ledger.sqlite"), tier, None if backend else data_dir
+    )
     return create_app(backends, load_public((data_dir / "token.pub").read_bytes()))
 
 
@@ -327,6 +334,25 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
             return fail(413, f"grant larger than {MAX_OBJECT} bytes")
         await run_in_threadpool(backends.ledger.add_grant, org, digest, body)
         return Response(status_code=201)
+
+    @app.get("/storage/v1/orgs/{org}/usage")
+    async def usage(org: int, creds: Creds) -> dict[str, Any]:
+        """Bytes the organization's repository takes, and the node's filesystem (none on S3),
+        for the cloud's statistics and its storage-full alert (cloud tokens only)."""
+        claims = claims_for(org, creds)
+        if claims.access not in ("catalog", "maintenance"):
+            raise ScopeError(f"a {claims.access} token may not ask for usage")
+        backend = backends.get(org)
+
+        def run() -> dict[str, Any]:
+            org_bytes = sum(info.size for info in backend.list(""))
+            fs = None
+            if backends.root is not None:
+                du = shutil.disk_usage(backends.root)
+                fs = {"total": du.total, "used": du.used, "free": du.free}
+            return {"org_bytes": org_bytes, "filesystem": fs}
+
+        return await run_in_threadpool(run)
 
     @app.get("/storage/v1/tier")
     async def tier_info() -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import ssl
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -118,6 +119,11 @@ class HttpBackend(Backend):
         )
         states: dict[str, str] = resp.json()["states"]
         return states
+
+    def usage(self) -> dict[str, Any]:
+        """The organization's bytes on the node and the node's filesystem (None on S3)."""
+        info: dict[str, Any] = self._request("GET", "usage", url=f"{self._org_path}/usage").json()
+        return info
 
     def tier_info(self) -> dict[str, object]:
         """Whether the node has an archive tier, its kind and the thaw time to expect."""

@@ -102,6 +102,8 @@ class DashboardView:
     protected: int = 0
     raw_bytes: int = 0
     stored_bytes: int = 0
+    #: The storages the organization uses, as last measured (see Maintenance.check_storages).
+    storages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def dedup_ratio(self) -> str:
@@ -120,6 +122,7 @@ def dashboard_view(svc: CloudServices, actor: Actor) -> DashboardView:
         if job.kind == "backup" and job.state not in ("queued", "running"):
             last.setdefault(job.server_id, job_view(job))
     view.running = running_jobs(svc, actor)
+    view.storages = svc.statistics(actor)["storages"]
     for server in svc.list_servers(actor):
         view.servers.append(ServerRow(server, svc.is_connected(server), last.get(server.id)))
     points = svc.list_restore_points(actor)
