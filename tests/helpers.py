@@ -1,11 +1,17 @@
-"""Shared test helpers: fast repositories and tree comparison."""
+"""Shared test helpers: fast repositories, tree comparison, an SMTP sink."""
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
 from pathlib import Path
+from typing import Any
 
 from rekindle.format.keyfile import KdfParams
 from rekindle.repository.repo import Repository, Secret
@@ -68,3 +74,38 @@ def tree_differences(a: Path, b: Path, *, check_mtime: bool = True) -> list[str]
             if not (Path(dirpath) / name).exists() and not (Path(dirpath) / name).is_symlink():
                 problems.append(f"extra {rel / name}")
     return problems
+
+
+@dataclass
+class Sink:
+    """What a test SMTP server (aiosmtpd on 127.0.0.1) received."""
+
+    port: int
+    messages: list[tuple[str, list[str], Message]] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
+        msg = message_from_bytes(envelope.content)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
+        return "250 OK"
+
+
+def start_smtp(sink: Sink, **kw: Any) -> Any:
+    """An aiosmtpd Controller for `sink` on its port (port 0 does not work with aiosmtpd)."""
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, **kw)
+    controller.start()
+    return controller
+
+
+@contextlib.contextmanager
+def smtp_sink() -> Iterator[Sink]:
+    from tests.conftest import _free_port
+
+    sink = Sink(_free_port())
+    controller = start_smtp(sink)
+    try:
+        yield sink
+    finally:
+        controller.stop()

@@ -481,3 +481,29 @@ def test_the_dashboard_shows_each_storage_as_last_measured(
     page = browser.get("/ui/").text
     assert 'value="85.0"' in page and "85.0 %" in page and "1000 B" in page
     assert "Warm: 0 B; cold: 0 B" in page
+
+
+def test_a_restore_waiting_for_its_defreeze_shows_it(browser: TestClient, cloud: Cloud) -> None:
+    from rekindle.cloud.models import Job
+
+    server = cloud.enroll("cold1")
+    with cloud.svc.db.session() as s:
+        job = Job(
+            org_id=cloud.admin.org_id,
+            server_id=server,
+            kind="restore",
+            state="defreezing",
+            trigger="manual",
+            params={"archived": ["data/aa/" + "a" * 64] * 3},
+            progress={"thawed": 1, "to_thaw": 3},
+            created=cloud.clock.now(),
+        )
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    csrf = _login(browser, "admin@acme.test", cloud.password)
+    page = browser.get(f"/ui/jobs/{job_id}").text
+    assert "1 of 3 packs back from archive storage" in page and ">Cancel<" in page
+    r = browser.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": csrf})
+    assert r.status_code == 303
+    assert "cancelled" in browser.get(f"/ui/jobs/{job_id}").text

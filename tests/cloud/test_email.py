@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from fastapi.testclient import TestClient
 
@@ -22,36 +18,15 @@ from rekindle.net import pki
 from rekindle.net import protocol as p
 from tests.cloud.conftest import Cloud
 from tests.conftest import _free_port
+from tests.helpers import Sink, smtp_sink, start_smtp
 
 PASSWORD = "s3cret-smtp-pass"
 
 
-@dataclass
-class Sink:
-    """What the SMTP server received."""
-
-    port: int
-    messages: list[tuple[str, list[str], Message]] = field(default_factory=list)
-    logins: list[str] = field(default_factory=list)
-
-    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
-        msg = message_from_bytes(envelope.content)
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
-        return "250 OK"
-
-
-def _start(sink: Sink, **kw: Any) -> Controller:
-    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, **kw)
-    controller.start()
-    return controller
-
-
 @pytest.fixture
 def smtp() -> Iterator[Sink]:
-    sink = Sink(_free_port())
-    controller = _start(sink)
-    yield sink
-    controller.stop()
+    with smtp_sink() as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -69,7 +44,7 @@ def smtp_tls(tmp_path: Path) -> Iterator[tuple[Sink, Path]]:
             sink.logins.append(data.login.decode())
         return AuthResult(success=ok, handled=False)
 
-    controller = _start(
+    controller = start_smtp(
         sink,
         tls_context=ctx,
         require_starttls=True,

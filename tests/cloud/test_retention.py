@@ -79,22 +79,31 @@ def test_two_years_of_daily_backups_keep_exactly_what_the_rules_say(
     assert ids[-1] in kept and 61 + 24 - 9 <= len(kept) <= 61 + 24 + 12 + 3
     expiring = {rp["id"] for rp in api.get("/api/v1/retention/expiring").json()}
     assert expiring == set(ids) - kept
-    # a restore queued from a restore point the rules drop keeps it until the restore ends
-    doomed = min(expiring)
+    # a restore queued from a restore point the rules drop, or waiting for its defreeze,
+    # keeps it until the restore ends; a cancelled defreeze lets it go
+    doomed = sorted(expiring)[:2]
     with cloud.svc.db.session() as s:
-        s.add(
+        jobs = [
             Job(
                 org_id=cloud.admin.org_id,
                 server_id=server,
                 kind="restore",
-                state="queued",
+                state=state,
                 trigger="manual",
-                params={"restore_point_id": doomed},
+                params={"restore_point_id": rp_id},
                 created=cloud.clock.now(),
             )
-        )
+            for rp_id, state in zip(doomed, ("queued", "defreezing"), strict=True)
+        ]
+        s.add_all(jobs)
+        s.flush()
+        defreezing = jobs[1].id
     expiring_now = {rp["id"] for rp in api.get("/api/v1/retention/expiring").json()}
-    assert expiring_now == expiring - {doomed}
+    assert expiring_now == expiring - set(doomed)
+    r = api.post(f"/api/v1/jobs/{defreezing}/cancel")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    expiring_now = {rp["id"] for rp in api.get("/api/v1/retention/expiring").json()}
+    assert expiring_now == expiring - {doomed[0]}
 
 
 def test_the_latest_restore_point_of_a_set_is_never_removed(api: TestClient, cloud: Cloud) -> None:

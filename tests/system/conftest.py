@@ -161,7 +161,7 @@ class Product:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job: dict[str, Any] = self.admin_json("job", str(job_id))
-            if job["state"] not in ("queued", "running"):
+            if job["state"] not in ("defreezing", "queued", "running"):
                 return job
             time.sleep(0.3)
         raise AssertionError(f"job {job_id} did not finish: {job}")

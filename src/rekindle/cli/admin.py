@@ -588,7 +588,7 @@ def wait(
     deadline = time.monotonic() + timeout
     while True:
         res = call("GET", f"/jobs/{job_id}")
-        if res["state"] not in ("queued", "running"):
+        if res["state"] not in ("defreezing", "queued", "running"):
             break
         if time.monotonic() > deadline:
             raise ApiError(f"job {job_id} still {res['state']} after {timeout:.0f} s")

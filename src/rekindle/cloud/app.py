@@ -195,6 +195,7 @@ async def _maintenance(state: CloudState) -> None:
             if time.monotonic() - measured >= state.settings.storage_check_s:
                 measured = time.monotonic()
                 await run_in_threadpool(m.check_storages)
+            await run_in_threadpool(state.services.advance_defreezes)
             await run_in_threadpool(m.queue_due)
             while await run_in_threadpool(m.run_next) is not None:
                 pass

@@ -32,6 +32,8 @@ from rekindle.store.retry import RetryingBackend
 
 #: A catalog token lives only as long as one planning needs.
 CATALOG_TOKEN_TTL_S = 600
+#: Packs per tier request to a storage node.
+TIER_BATCH = 5000
 #: A maintenance token covers one retention run, prune and check included.
 MAINTENANCE_TOKEN_TTL_S = 24 * 3600
 
@@ -54,6 +56,11 @@ class RestorePlan:
     packs: int
     files: int
     bytes: int
+    #: Data packs the restore needs that are in the archive tier (not thawed): the restore
+    #: waits for a defreeze; with their size and how long a thaw takes on that node.
+    archived: list[str] = field(default_factory=list)
+    archived_bytes: int = 0
+    thaw_estimate_s: float = 0.0
 
 
 class StorageCatalog:
@@ -140,7 +147,39 @@ class StorageCatalog:
             digest = hashlib.sha256(body).hexdigest()
             if register:
                 http.register_grant(digest, body)
-        return RestorePlan(digest, len(needs.packs), needs.files, needs.bytes)
+            archived, estimate = self._archived(
+                http, [p for p in needs.packs if p.startswith("data/")]
+            )
+            size = sum(http.stat(name).size for name in archived)
+        return RestorePlan(
+            digest, len(needs.packs), needs.files, needs.bytes, archived, size, estimate
+        )
+
+    @staticmethod
+    def _archived(http: HttpBackend, packs: list[str]) -> tuple[list[str], float]:
+        """The packs among `packs` that are archived and not thawed, and the node's thaw
+        time; none when the node has no archive tier."""
+        info = http.tier_info()
+        if not info.get("archive") or not packs:
+            return [], 0.0
+        cold: list[str] = []
+        for i in range(0, len(packs), TIER_BATCH):
+            states = http.tier("state", packs[i : i + TIER_BATCH])
+            cold += [p for p, state in states.items() if state in ("archived", "thawing")]
+        return sorted(cold), float(str(info.get("thaw_estimate_s") or 0))
+
+    def thaw(self, storage_url: str, org: int, packs: list[str], days: int) -> dict[str, str]:
+        """Ask the node to thaw `packs` (idempotent); their states afterwards."""
+        http = HttpBackend(storage_url, org, self._token(org), ca_file=str(self._ca_file))
+        try:
+            states: dict[str, str] = {}
+            for i in range(0, len(packs), TIER_BATCH):
+                states.update(http.tier("thaw", packs[i : i + TIER_BATCH], days=days))
+            return states
+        except RekindleError as e:
+            raise PlanningError(f"cannot reach the storage: {e}") from e
+        finally:
+            http.close()
 
     def usage(self, storage_url: str, org: int) -> dict[str, Any]:
         """The organization's bytes on the node and the node's filesystem (None on S3)."""

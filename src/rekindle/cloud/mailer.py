@@ -39,6 +39,8 @@ MAILED_EVENTS = {
     "agent.offline": "an agent is not connecting",
     "retention.failed": "a retention run failed",
     "storage.full": "a storage is nearly full",
+    "defreeze.started": "a defreeze is in progress",
+    "defreeze.ready": "the data of a defreeze is ready",
 }
 
 

@@ -184,7 +184,8 @@ class Job(Base):
     server_id: Mapped[int] = mapped_column(ForeignKey("servers.id"))
     #: backup | restore
     kind: Mapped[str] = mapped_column(String(20))
-    #: queued | running | succeeded | partial | failed | stopped | skipped | aborted | cancelled
+    #: defreezing (a restore waiting for archived data) | queued | running | succeeded |
+    #: partial | failed | stopped | skipped | aborted | cancelled
     state: Mapped[str] = mapped_column(String(20), index=True)
     #: scheduled | manual | retry
     trigger: Mapped[str] = mapped_column(String(20))

@@ -58,10 +58,13 @@ def rules_of(retention: Mapping[str, Any]) -> RetentionPolicy | None:
 
 
 def restore_points_in_use(s: Session, org_id: int) -> set[int]:
-    """Restore points a queued or running restore reads: never expired under it."""
+    """Restore points a restore waiting for a defreeze, queued or running reads: never
+    expired under it (nor, with it, the data a defreeze thawed for it)."""
     rows = s.scalars(
         select(Job).where(
-            Job.org_id == org_id, Job.kind == "restore", Job.state.in_(("queued", "running"))
+            Job.org_id == org_id,
+            Job.kind == "restore",
+            Job.state.in_(("defreezing", "queued", "running")),
         )
     ).all()
     return {int(j.params["restore_point_id"]) for j in rows if "restore_point_id" in j.params}

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ACTIVE_JOB_STATES = ("queued", "running")
+#: Days a defreeze keeps the thawed copy in warm storage (the restore must run by then).
+DEFREEZE_DAYS = 7
 SEVERITIES = ("info", "warning", "error")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 #: Events of these severities are alerts until an admin acknowledges them.
@@ -991,6 +993,29 @@ class CloudServices:
             job = self._queue(
                 s, target, "restore", "manual", backup_set_id=rp.backup_set_id, params=params
             )
+            if plan.archived:
+                # A cold restore point: the archived packs it needs are thawed first.
+                job.state = "defreezing"
+                job.params = {
+                    **params,
+                    "archived": plan.archived,
+                    "archived_bytes": plan.archived_bytes,
+                    "thaw_estimate_s": plan.thaw_estimate_s,
+                }
+                job.progress = {"thawed": 0, "to_thaw": len(plan.archived)}
+                self._event(
+                    s,
+                    actor.org_id,
+                    "info",
+                    "defreeze.started",
+                    f"restore job {job.id} to {target.hostname} needs "
+                    f"{len(plan.archived)} pack(s) ({plan.archived_bytes} bytes) from archive "
+                    f"storage: a defreeze is in progress; it takes about "
+                    f"{duration_words(plan.thaw_estimate_s)}, and the restore starts when the data "
+                    "is back",
+                    server_id=target.id,
+                    job_id=job.id,
+                )
             self._audit(
                 s,
                 actor,
@@ -1000,7 +1025,7 @@ class CloudServices:
                 restore_point=rp.snapshot_id,
                 destination=target_path or "(original location)",
             )
-            if not self.is_connected(target):
+            if job.state == "queued" and not self.is_connected(target):
                 self._event(
                     s,
                     actor.org_id,
@@ -1010,8 +1035,55 @@ class CloudServices:
                     server_id=target.id,
                     job_id=job.id,
                 )
-        self._wake(target.id)
+        if plan.archived:
+            self.advance_defreezes(job.id)  # asks the node to start thawing
+        else:
+            self._wake(target.id)
         return job
+
+    def advance_defreezes(self, job_id: int | None = None) -> int:
+        """Move restores waiting for a defreeze along: ask the node to thaw their packs
+        (idempotent, so a node that was down is asked again) and queue each restore whose
+        packs are all back in warm storage. Returns how many were queued."""
+        with self.db.session() as s:
+            q = select(Job).where(Job.state == "defreezing")
+            if job_id is not None:
+                q = q.where(Job.id == job_id)
+            waiting = [(j.id, j.org_id, dict(j.params)) for j in s.scalars(q)]
+        ready = 0
+        for jid, org_id, params in waiting:
+            try:
+                states = self._catalog().thaw(
+                    str(params["storage_url"]), org_id, list(params["archived"]), DEFREEZE_DAYS
+                )
+            except RekindleError as e:
+                log.warning("defreeze of job %d: %s", jid, e)
+                continue
+            thawed = sum(1 for state in states.values() if state in ("thawed", "warm"))
+            with self.db.session() as s:
+                job = s.get(Job, jid)
+                if job is None or job.state != "defreezing":
+                    continue  # cancelled meanwhile
+                job.progress = {"thawed": thawed, "to_thaw": len(states)}
+                if thawed < len(states):
+                    continue
+                job.state = "queued"
+                server = _must(s.get(Server, job.server_id))
+                self._event(
+                    s,
+                    org_id,
+                    "info",
+                    "defreeze.ready",
+                    f"the data of restore job {jid} is back from archive storage; the restore "
+                    f"to {server.hostname} starts as soon as its agent takes it (the thawed "
+                    f"copy stays {DEFREEZE_DAYS} days)",
+                    server_id=server.id,
+                    job_id=jid,
+                )
+                server_id = server.id
+            ready += 1
+            self._wake(server_id)
+        return ready
 
     def list_jobs(
         self, actor: Actor, server_id: int | None = None, state: str | None = None, limit: int = 100
@@ -1038,7 +1110,7 @@ class CloudServices:
         with self.db.session() as s:
             job: Job = self._get(s, Job, job_id, actor)
             self._server(s, job.server_id, actor)
-            if job.state == "queued":
+            if job.state in ("queued", "defreezing"):
                 job.state = "cancelled"
                 job.finished = self.now()
             elif job.state == "running":
@@ -1648,6 +1720,15 @@ def _must(obj: T | None) -> T:
 
 def _os_family(os_name: str) -> str:
     return "windows" if os_name.lower().startswith("windows") else "linux"
+
+
+def duration_words(seconds: float) -> str:
+    """Seconds in words an admin reads at a glance: '40 seconds', '5 minutes', '12 hours'."""
+    if seconds < 90:
+        return f"{max(round(seconds), 1)} seconds"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} minutes"
+    return f"{round(seconds / 3600)} hours"
 
 
 def _check_capacity(capacity_bytes: int | None) -> None:

@@ -22,7 +22,7 @@ from rekindle.cloud.api import status_of
 from rekindle.cloud.describe import describe_policy
 from rekindle.cloud.schedule import DAY_NAMES
 from rekindle.cloud.security import AuthError
-from rekindle.cloud.services import Actor, CloudServices, policy_fields
+from rekindle.cloud.services import Actor, CloudServices, duration_words, policy_fields
 from rekindle.cloud.web import session as sess
 from rekindle.cloud.web.charts import Mark, bar_chart, line_chart, timeline_chart
 from rekindle.cloud.web.forms import default_policy_form, policy_from_form, policy_values
@@ -46,6 +46,7 @@ templates.env.globals["version"] = __version__
 templates.env.globals["bar_chart"] = bar_chart
 templates.env.globals["line_chart"] = line_chart
 templates.env.globals["timeline_chart"] = timeline_chart
+templates.env.globals["duration"] = duration_words
 
 
 @dataclass

@@ -55,6 +55,9 @@ class JobView:
     rate: str
     eta: str
     active: bool
+    #: A restore waiting for a defreeze: packs back from the archive, and how many it needs.
+    thawed: int = 0
+    to_thaw: int = 0
 
 
 def job_view(job: Job) -> JobView:
@@ -82,7 +85,9 @@ def job_view(job: Job) -> JobView:
         bytes_done=done,
         rate=f"{human_bytes(rate)}/s" if rate else "-",
         eta=human_duration(prog.get("eta_s")),
-        active=job.state in ("queued", "running"),
+        active=job.state in ("defreezing", "queued", "running"),
+        thawed=int(prog.get("thawed") or 0),
+        to_thaw=int(prog.get("to_thaw") or 0),
     )
 
 
