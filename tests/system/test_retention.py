@@ -164,3 +164,18 @@ def test_a_shorter_retention_from_the_command_line(tmp_path: Path) -> None:
         restored = dest / str(src).lstrip("/")
         for i in range(3):
             assert (restored / f"v{i}.txt").read_text() == f"version {i}\n" * 5000
+
+        # the other new commands of the same kind, as a script would use them
+        spare = product.admin_json("policy-add", "spare")
+        assert product.admin("policy-remove", str(spare["id"])).stdout == (
+            f"policy {spare['id']} removed\n"
+        )
+        refused = product.admin("policy-remove", str(policy), check=False)
+        assert refused.returncode == 1 and "used by server group(s)" in refused.stderr
+        (bs,) = product.admin_json("backup-sets", str(product.servers["ret"]))
+        changed = product.admin_json("backup-set-set", str(bs["id"]), "--exclude", "*.tmp")
+        assert changed["exclude"] == ["*.tmp"] and changed["include"] == bs["include"]
+        removed = product.admin("backup-set-remove", str(bs["id"])).stdout
+        assert removed == f"backup set {bs['id']} removed\n"
+        assert product.admin_json("backup-sets", str(product.servers["ret"])) == []
+        assert len(product.admin_json("restore-points")) == 1  # kept with its set gone

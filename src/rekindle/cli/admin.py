@@ -157,6 +157,11 @@ def logout() -> None:
     config_path().unlink(missing_ok=True)
 
 
+def _remove(path: str, what: str) -> None:
+    call("DELETE", path)
+    sys.stdout.write(f"{what} removed\n")
+
+
 @app.command()
 def servers(as_json: JsonOpt = False) -> None:
     """List servers with their agent status."""
@@ -171,8 +176,7 @@ def servers(as_json: JsonOpt = False) -> None:
 def server_remove(server_id: int) -> None:
     """Remove a disabled server: its backup sets, jobs and restore points leave the catalog
     (the data stays in the repository until pruned)."""
-    call("DELETE", f"/servers/{server_id}")
-    sys.stdout.write(f"server {server_id} removed\n")
+    _remove(f"/servers/{server_id}", f"server {server_id}")
 
 
 @app.command("server-disable")
@@ -414,8 +418,7 @@ def retention_run(
 @app.command("policy-remove")
 def policy_remove(policy_id: int) -> None:
     """Delete a backup policy that no server group uses."""
-    call("DELETE", f"/policies/{policy_id}")
-    sys.stdout.write(f"policy {policy_id} removed\n")
+    _remove(f"/policies/{policy_id}", f"policy {policy_id}")
 
 
 @app.command("group-set-policy")
@@ -486,8 +489,7 @@ def backup_set_set(
 @app.command("backup-set-remove")
 def backup_set_remove(backup_set_id: int) -> None:
     """Stop backing up a backup set; its restore points stay until retention removes them."""
-    call("DELETE", f"/backup-sets/{backup_set_id}")
-    sys.stdout.write(f"backup set {backup_set_id} removed\n")
+    _remove(f"/backup-sets/{backup_set_id}", f"backup set {backup_set_id}")
 
 
 @app.command("activation-token")
