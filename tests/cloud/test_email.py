@@ -190,3 +190,41 @@ def test_notification_settings(api: TestClient, cloud: Cloud) -> None:
     with cloud.svc.db.session() as s:
         assert s.query(OutboundEmail).count() == 0  # SMTP is not configured: nothing queued
     assert "notifications.update" in [a["action"] for a in api.get("/api/v1/audit").json()]
+
+
+def test_one_mail_that_cannot_be_built_does_not_hold_up_the_others(
+    cloud: Cloud, smtp: Sink
+) -> None:
+    from datetime import timedelta as td
+
+    mailer = _mailer(cloud, smtp.port)
+    now = cloud.clock.now()
+    with cloud.svc.db.session() as s:
+        for to, subject in (
+            (["ops@acme.test\r\nBcc: evil@example.com"], "injected"),
+            (["ops@acme.test"], "line\r\nbreak"),
+        ):
+            s.add(
+                OutboundEmail(
+                    org_id=cloud.admin.org_id,
+                    recipients=to,
+                    subject=subject,
+                    body="x\n",
+                    created=now - td(minutes=1),
+                    state="queued",
+                    next_try=now,
+                )
+            )
+    assert mailer.deliver_due() == 1
+    bad, good = sorted(cloud.svc.list_emails(cloud.admin), key=lambda m: m.id)
+    assert bad.state == "failed" and bad.attempts == 1 and "ValueError" in (bad.last_error or "")
+    assert good.state == "sent"
+    ((_sender, rcpt, msg),) = smtp.messages
+    assert rcpt == ["ops@acme.test"] and msg["Subject"] == "line break"
+
+
+def test_a_hostname_with_a_line_break_is_refused_at_enrollment(cloud: Cloud) -> None:
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError):
+        p.EnrollRequest(token="rka_" + "x" * 20, hostname="web\nBcc: x", os="Linux", csr_pem="x")

@@ -5,6 +5,7 @@ node) are tested in tests/system/test_retention.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
@@ -187,3 +188,95 @@ def test_retention_runs_are_queued_once_per_storage_and_only_by_org_admins(
     with cloud.svc.db.session() as s:
         s.get(MaintenanceRun, run["id"]).state = "succeeded"  # type: ignore[union-attr]
     assert m.queue_due() == 1
+
+
+def test_moving_a_group_to_a_policy_that_keeps_less_needs_confirmation(
+    api: TestClient, cloud: Cloud
+) -> None:
+    server, set_id = _setup(cloud)
+    _daily_points(cloud, server, set_id, days=20)
+    short = api.post(
+        "/api/v1/policies", json={"name": "short", "retention": {"within_days": 5}}
+    ).json()
+    group = cloud.svc.list_groups(cloud.admin)[0]
+    r = api.patch(f"/api/v1/groups/{group.id}", json={"policy_id": short["id"]})
+    assert r.status_code == 409 and "removes 14 restore point(s)" in r.json()["detail"]
+    assert cloud.svc.list_groups(cloud.admin)[0].policy_id != short["id"]  # unchanged
+    r = api.patch(
+        f"/api/v1/groups/{group.id}", json={"policy_id": short["id"], "confirm_removal": True}
+    )
+    assert r.status_code == 200
+    (run,) = api.get("/api/v1/retention/runs").json()
+    assert run["trigger"] == "policy"
+
+
+class _FailingPrune:
+    """A storage whose prune fails after the restore points were deleted (a lock conflict,
+    a node restart): the catalog must still forget what the repository no longer has."""
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def expire_and_prune(
+        self,
+        _url: str,
+        _org: int,
+        _key: bytes,
+        snapshots: list[str],
+        *,
+        forgotten: Callable[[], None],
+        **_kw: object,
+    ) -> object:
+        self.deleted = list(snapshots)
+        forgotten()
+        raise RuntimeError("prune: the repository is locked by another prune")
+
+
+def test_a_run_that_fails_after_deleting_still_updates_the_catalog(
+    api: TestClient, cloud: Cloud
+) -> None:
+    server, set_id = _setup(cloud)
+    ids = _daily_points(cloud, server, set_id, days=100)
+    expiring = {rp["id"] for rp in api.get("/api/v1/retention/expiring").json()}
+    assert expiring
+    fake = _FailingPrune()
+    cloud.svc.catalog = fake  # type: ignore[assignment]
+    m = cloud.state.maintenance
+    (run,) = m.run_now(cloud.admin)
+    assert run.state == "queued"
+    done = m.run_next()
+    assert done is not None and done.state == "failed" and "locked" in (done.error or "")
+    assert done.removed == len(expiring) == len(fake.deleted)
+    left = {rp.id for rp in cloud.svc.list_restore_points(cloud.admin)}
+    assert left == set(ids) - expiring
+    (alert,) = cloud.svc.list_events(cloud.admin, alerts=True)
+    assert alert.kind == "retention.failed"
+
+
+def test_one_run_at_a_time_per_repository(cloud: Cloud) -> None:
+    server, set_id = _setup(cloud)
+    _daily_points(cloud, server, set_id, days=2)
+    m = cloud.state.maintenance
+    (first,) = m.run_now(cloud.admin)
+    with cloud.svc.db.session() as s:
+        s.get(MaintenanceRun, first.id).state = "running"  # type: ignore[union-attr]
+        s.get(MaintenanceRun, first.id).heartbeat = cloud.clock.now()  # type: ignore[union-attr]
+    (second,) = m.run_now(cloud.admin)
+    assert second.id != first.id
+    assert m.run_next() is None  # the first still runs on that repository
+
+
+def test_a_restore_point_from_the_future_is_dated_now(cloud: Cloud) -> None:
+    from rekindle.net import protocol as p
+
+    server, _set_id = _setup(cloud)
+    cloud.backup_reported(
+        server,
+        p.JobResult(
+            state="succeeded",
+            snapshot_id="ff" * 32,
+            snapshot_time=cloud.clock.now() + timedelta(days=3650),  # a broken agent clock
+        ),
+    )
+    (rp,) = cloud.svc.list_restore_points(cloud.admin)
+    assert rp.time == cloud.clock.now()

@@ -427,11 +427,15 @@ def group_set_policy(
     policy: Annotated[
         int | None, typer.Option(help="Backup policy id; leave out to back up only on demand.")
     ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm removing what the new retention drops.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Give a server group another backup policy."""
+    """Give a server group another backup policy (one that keeps fewer of the group's restore
+    points needs --yes)."""
     show(
-        call("PATCH", f"/groups/{group_id}", {"policy_id": policy}),
+        call("PATCH", f"/groups/{group_id}", {"policy_id": policy, "confirm_removal": yes}),
         as_json,
         ["id", "name", "policy_id", "storage_id"],
     )

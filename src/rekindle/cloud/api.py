@@ -193,7 +193,11 @@ def admin_router() -> APIRouter:
 
     @r.patch("/groups/{group_id}", response_model=sc.GroupOut)
     async def edit_group(group_id: int, body: sc.GroupPatch, svc: Svc, me: Me) -> Any:
-        return await run_in_threadpool(svc.set_group_policy, me, group_id, body.policy_id)
+        return await run_in_threadpool(
+            lambda: svc.set_group_policy(
+                me, group_id, body.policy_id, confirm_removal=body.confirm_removal
+            )
+        )
 
     @r.post("/activation-tokens", response_model=sc.ActivationOut, status_code=201)
     async def activation(body: sc.ActivationIn, svc: Svc, me: Me, request: Request) -> Any:

@@ -119,6 +119,7 @@ def create_app(state: CloudState, *, run_scheduler: bool = True) -> FastAPI:
         if run_scheduler:
             tasks.append(asyncio.create_task(_scheduler(state)))
             tasks.append(asyncio.create_task(_maintenance(state)))
+            tasks.append(asyncio.create_task(_defreezes(state)))
             if state.mailer is not None:
                 tasks.append(asyncio.create_task(_mail(state, state.mailer)))
         try:
@@ -195,7 +196,6 @@ async def _maintenance(state: CloudState) -> None:
             if time.monotonic() - measured >= state.settings.storage_check_s:
                 measured = time.monotonic()
                 await run_in_threadpool(m.check_storages)
-            await run_in_threadpool(state.services.advance_defreezes)
             await run_in_threadpool(m.queue_due)
             while await run_in_threadpool(m.run_next) is not None:
                 pass
@@ -211,4 +211,16 @@ async def _mail(state: CloudState, mailer: Mailer) -> None:
             await run_in_threadpool(mailer.deliver_due)
         except Exception:
             log.exception("mail pass failed; trying again in %.0f s", interval)
+        await asyncio.sleep(interval)
+
+
+async def _defreezes(state: CloudState) -> None:
+    """Restores waiting for archived data: on their own loop, so a long retention run never
+    holds up a restore whose data is back."""
+    interval = state.settings.maintenance_poll_s
+    while True:
+        try:
+            await run_in_threadpool(state.services.advance_defreezes)
+        except Exception:
+            log.exception("defreeze pass failed; trying again in %.0f s", interval)
         await asyncio.sleep(interval)

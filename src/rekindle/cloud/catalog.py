@@ -201,10 +201,12 @@ class StorageCatalog:
         run_id: int,
         grace: timedelta,
         progress: Callable[[str], None],
+        forgotten: Callable[[], None],
     ) -> MaintenanceReport:
-        """Delete the restore points `snapshots` from the repository, prune what no restore
-        point uses any more, and check the repository's structure. Runs with a maintenance
-        token whose job number (-run_id) owns the prune lock on the node."""
+        """Delete the restore points `snapshots` from the repository, call `forgotten` (the
+        catalog drops them before anything else can fail), prune what no restore point uses
+        any more, and check the repository's structure. Runs with a maintenance token whose
+        job number (-run_id) owns the prune lock on the node."""
         out = MaintenanceReport()
         probe = HttpBackend(
             storage_url, org, self._token(org, "catalog"), ca_file=str(self._ca_file)
@@ -223,6 +225,7 @@ class StorageCatalog:
             if snapshots:
                 progress(f"deleting {len(snapshots)} restore point(s)")
                 out.removed = forget_ids(repo, snapshots)
+                forgotten()
             progress("pruning")
             out.prune = prune(repo, grace=grace, progress=progress)
             progress("checking the repository's structure")

@@ -41,6 +41,7 @@ MAILED_EVENTS = {
     "storage.full": "a storage is nearly full",
     "defreeze.started": "a defreeze is in progress",
     "defreeze.ready": "the data of a defreeze is ready",
+    "defreeze.failed": "a defreeze failed",
 }
 
 
@@ -58,6 +59,11 @@ class SmtpSettings:
 
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         return f"SmtpSettings(host={self.host!r}, port={self.port}, user={self.user!r})"
+
+
+def one_line(text: str) -> str:
+    """Header text without line breaks (a hostname an agent sent ends up in subjects)."""
+    return " ".join(text.split())
 
 
 def recipients(s: Session, org: Organization) -> list[str]:
@@ -84,7 +90,7 @@ def enqueue(s: Session, org_id: int, now: datetime, subject: str, body: str) -> 
         OutboundEmail(
             org_id=org_id,
             recipients=to,
-            subject=f"[Rekindle] {org.name}: {subject}",
+            subject=one_line(f"[Rekindle] {org.name}: {subject}")[:300],
             body=body,
             created=now,
             state="queued",
@@ -130,17 +136,25 @@ class Mailer:
         return claimed
 
     def _deliver(self, mail_id: int) -> bool:
+        error: str | None = None
+        final = False
         with self.db.session() as s:
             mail = s.get(OutboundEmail, mail_id)
             if mail is None:
                 return False
-            msg = self._message(mail)
-        error: str | None = None
-        try:
-            self._send(msg)
-        except (OSError, smtplib.SMTPException, ssl.SSLError) as e:
-            error = f"{type(e).__name__}: {e}"
-            log.warning("email %d not sent: %s", mail_id, error)
+            try:
+                msg = self._message(mail)
+            except (ValueError, TypeError) as e:  # a mail that cannot be built never will be
+                error, final = f"{type(e).__name__}: {e}", True
+        if error is None:
+            try:
+                self._send(msg)
+            except (OSError, smtplib.SMTPException, ssl.SSLError) as e:
+                error = f"{type(e).__name__}: {e}"
+                log.warning("email %d not sent: %s", mail_id, error)
+            except Exception as e:  # anything else: this mail only, not the whole batch
+                error = f"{type(e).__name__}: {e}"
+                log.exception("email %d not sent", mail_id)
         now = self.clock.now()
         with self.db.session() as s:
             mail = s.get(OutboundEmail, mail_id)
@@ -151,7 +165,7 @@ class Mailer:
                 mail.state, mail.sent, mail.last_error = "sent", now, None
                 return True
             mail.last_error = error
-            if mail.attempts > len(RETRY_DELAYS):
+            if final or mail.attempts > len(RETRY_DELAYS):
                 mail.state = "failed"
                 log.error("email %d given up after %d attempts: %s", mail_id, mail.attempts, error)
             else:
@@ -162,7 +176,7 @@ class Mailer:
         msg = EmailMessage()
         msg["From"] = self.smtp.sender
         msg["To"] = ", ".join(mail.recipients)
-        msg["Subject"] = mail.subject
+        msg["Subject"] = one_line(mail.subject)
         msg["Date"] = format_datetime(mail.created)
         msg["Message-ID"] = make_msgid(domain="rekindle")
         msg.set_content(mail.body)

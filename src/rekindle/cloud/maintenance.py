@@ -123,11 +123,22 @@ class Maintenance:
         """Claim the oldest queued run and carry it out; None when nothing is queued."""
         self._fail_stale()
         with self.svc.db.session() as s:
-            run = s.scalar(
-                select(MaintenanceRun)
-                .where(MaintenanceRun.state == "queued")
-                .order_by(MaintenanceRun.id)
-                .limit(1)
+            running = {
+                (r.org_id, r.storage_id)
+                for r in s.scalars(select(MaintenanceRun).where(MaintenanceRun.state == "running"))
+            }
+            run = next(
+                (
+                    r
+                    for r in s.scalars(
+                        select(MaintenanceRun)
+                        .where(MaintenanceRun.state == "queued")
+                        .order_by(MaintenanceRun.id)
+                    )
+                    # one run at a time per repository (another replica may be running one)
+                    if (r.org_id, r.storage_id) not in running
+                ),
+                None,
             )
             if run is None:
                 return None
@@ -181,6 +192,18 @@ class Maintenance:
                 in_use = retention.restore_points_in_use(s, org_id)
             for rp_id in in_use & set(snapshots):
                 del snapshots[rp_id]
+
+            def forgotten() -> None:
+                # Their objects are gone from the repository: the catalog forgets them at
+                # once, whatever happens to prune and check afterwards.
+                with self.svc.db.session() as s2:
+                    s2.execute(delete(RestorePoint).where(RestorePoint.id.in_(snapshots)))
+                    s2.execute(
+                        update(MaintenanceRun)
+                        .where(MaintenanceRun.id == run_id)
+                        .values(removed=len(snapshots))
+                    )
+
             report = self.svc.catalog.expire_and_prune(
                 storage_url,
                 org_id,
@@ -189,6 +212,7 @@ class Maintenance:
                 run_id=run_id,
                 grace=self.prune_grace,
                 progress=progress,
+                forgotten=forgotten,
             )
         except Exception as e:  # the run fails with its reason; the next run tries again
             log.exception("retention run %d failed", run_id)
@@ -212,17 +236,20 @@ class Maintenance:
             storage = s.get(Storage, run.storage_id)
             where = storage.name if storage else f"storage {run.storage_id}"
             run.finished = self.svc.now()
-            if removed:
-                # Their objects are gone from the repository: the catalog forgets them too.
-                s.execute(delete(RestorePoint).where(RestorePoint.id.in_(removed)))
-                run.removed = len(removed)
+            if report is not None and report.no_repository:
+                if removed:  # the catalog knows restore points there: wrong disk or prefix?
+                    error = (
+                        "the storage holds no repository for this organization, yet the "
+                        f"catalog has {len(removed)} restore point(s) there to expire: is the "
+                        "storage node serving the right disk or bucket?"
+                    )
+                    report = None
+                else:
+                    run.report, run.state = "nothing is stored there yet", "succeeded"
+                    return run
             if report is not None:
                 prune = report.prune
                 run.bytes_freed = prune.bytes_freed if prune else 0
-                if report.no_repository:
-                    run.report = "nothing is stored there yet"
-                    run.state = "succeeded"
-                    return run
                 lines = [f"removed {run.removed} restore point(s)"]
                 lines += [f"  {names[i]}" for i in sorted(removed or {}) if names]
                 lines.append(f"prune: {prune}")
@@ -311,7 +338,15 @@ class Maintenance:
                 storage.over_threshold = False
             if share < STORAGE_ALERT or storage.over_threshold:
                 return 0
-            storage.over_threshold = True
+            # compare-and-set: two cloud processes measuring at once raise it once
+            moved = s.execute(
+                update(Storage)
+                .where(Storage.id == storage_id, Storage.over_threshold.is_(False))
+                .values(over_threshold=True)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                return 0
             for org_id in orgs:
                 self.svc._event(
                     s,

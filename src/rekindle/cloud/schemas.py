@@ -102,6 +102,8 @@ class GroupIn(BaseModel):
 class GroupPatch(BaseModel):
     #: The group's backup policy; null: its servers back up only on demand.
     policy_id: int | None
+    #: Needed when the new policy's retention keeps fewer of the group's restore points.
+    confirm_removal: bool = False
 
 
 class GroupOut(_Out):

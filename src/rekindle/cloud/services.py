@@ -59,6 +59,9 @@ T = TypeVar("T")
 ACTIVE_JOB_STATES = ("queued", "running")
 #: Days a defreeze keeps the thawed copy in warm storage (the restore must run by then).
 DEFREEZE_DAYS = 7
+#: A defreeze that has not brought everything back by then (or by 4 times the node's
+#: estimate, if longer) fails the restore with an alert, instead of waiting forever.
+DEFREEZE_TIMEOUT = timedelta(days=2)
 SEVERITIES = ("info", "warning", "error")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 #: Events of these severities are alerts until an admin acknowledges them.
@@ -646,17 +649,45 @@ class CloudServices:
             self._audit(s, actor, actor.org_id, "group.create", name, policy=policy_id)
             return group
 
-    def set_group_policy(self, actor: Actor, group_id: int, policy_id: int | None) -> ServerGroup:
+    def set_group_policy(
+        self,
+        actor: Actor,
+        group_id: int,
+        policy_id: int | None,
+        *,
+        confirm_removal: bool = False,
+    ) -> ServerGroup:
         """Give a group another policy (None: back up only on demand). Its next scheduled
-        backups follow the new policy; running jobs keep the window they started with."""
+        backups follow the new policy; running jobs keep the window they started with. When
+        the new policy's retention keeps less, the change is refused until confirmed, as for a
+        retention change."""
         actor.require_org_admin()
         with self.db.session() as s:
             group: ServerGroup = self._get(s, ServerGroup, group_id, actor)
             if policy_id is not None:
                 self._get(s, BackupPolicy, policy_id, actor)
+            before = {rp.id for rp in retention.expired(s, actor.org_id)}
             group.policy_id = policy_id
-            self._audit(s, actor, actor.org_id, "group.set_policy", group.name, policy=policy_id)
-            return group
+            s.flush()
+            doomed = [rp for rp in retention.expired(s, actor.org_id) if rp.id not in before]
+            if doomed and not confirm_removal:
+                raise ConflictError(
+                    f"the new policy's retention removes {len(doomed)} restore point(s) of "
+                    f"group {group.name} that are kept now; confirm the removal"
+                )
+            self._audit(
+                s,
+                actor,
+                actor.org_id,
+                "group.set_policy",
+                group.name,
+                policy=policy_id,
+                removes=len(doomed),
+            )
+        if doomed:
+            for hook in self.on_retention_changed:
+                hook(actor.org_id, policy_id)
+        return group
 
     def list_groups(self, actor: Actor) -> list[ServerGroup]:
         with self.db.session() as s:
@@ -1041,6 +1072,27 @@ class CloudServices:
             self._wake(target.id)
         return job
 
+    def _defreeze_failed(self, job_id: int, reason: str) -> None:
+        with self.db.session() as s:
+            moved = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "defreezing")
+                .values(state="failed", finished=self.now(), error=reason)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                return
+            job = _must(s.get(Job, job_id))
+            self._event(
+                s,
+                job.org_id,
+                "error",
+                "defreeze.failed",
+                f"restore job {job_id}: {reason}; start the restore again",
+                server_id=job.server_id,
+                job_id=job_id,
+            )
+
     def advance_defreezes(self, job_id: int | None = None) -> int:
         """Move restores waiting for a defreeze along: ask the node to thaw their packs
         (idempotent, so a node that was down is asked again) and queue each restore whose
@@ -1049,25 +1101,42 @@ class CloudServices:
             q = select(Job).where(Job.state == "defreezing")
             if job_id is not None:
                 q = q.where(Job.id == job_id)
-            waiting = [(j.id, j.org_id, dict(j.params)) for j in s.scalars(q)]
+            waiting = [(j.id, j.org_id, j.created, dict(j.params)) for j in s.scalars(q)]
         ready = 0
-        for jid, org_id, params in waiting:
+        for jid, org_id, created, params in waiting:
+            estimate = float(params.get("thaw_estimate_s") or 0)
+            limit = max(DEFREEZE_TIMEOUT, timedelta(seconds=4 * estimate))
             try:
                 states = self._catalog().thaw(
                     str(params["storage_url"]), org_id, list(params["archived"]), DEFREEZE_DAYS
                 )
             except RekindleError as e:
                 log.warning("defreeze of job %d: %s", jid, e)
+                if self.now() - created > limit:
+                    self._defreeze_failed(jid, f"the defreeze did not finish in time: {e}")
                 continue
             thawed = sum(1 for state in states.values() if state in ("thawed", "warm"))
+            if thawed < len(states) and self.now() - created > limit:
+                self._defreeze_failed(
+                    jid,
+                    f"the defreeze did not finish in time: {thawed} of {len(states)} packs "
+                    "came back from archive storage",
+                )
+                continue
             with self.db.session() as s:
-                job = s.get(Job, jid)
-                if job is None or job.state != "defreezing":
-                    continue  # cancelled meanwhile
-                job.progress = {"thawed": thawed, "to_thaw": len(states)}
-                if thawed < len(states):
+                # compare-and-set: a cancel (or another cloud process) may have come first
+                moved = s.execute(
+                    update(Job)
+                    .where(Job.id == jid, Job.state == "defreezing")
+                    .values(
+                        progress={"thawed": thawed, "to_thaw": len(states)},
+                        state="queued" if thawed == len(states) else "defreezing",
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if moved.rowcount != 1 or thawed < len(states):  # type: ignore[attr-defined]
                     continue
-                job.state = "queued"
+                job = _must(s.get(Job, jid))
                 server = _must(s.get(Server, job.server_id))
                 self._event(
                     s,
@@ -1193,11 +1262,13 @@ class CloudServices:
         if not chosen:
             return 0
         with self.db.session() as s:
-            s.execute(
-                update(Event)
-                .where(Event.id.in_(chosen), Event.acknowledged.is_(None))
-                .values(acknowledged=self.now(), acknowledged_by=actor.admin_id)
-            )
+            ids = sorted(chosen)
+            for i in range(0, len(ids), 1000):  # bound the statement's parameters
+                s.execute(
+                    update(Event)
+                    .where(Event.id.in_(ids[i : i + 1000]), Event.acknowledged.is_(None))
+                    .values(acknowledged=self.now(), acknowledged_by=actor.admin_id)
+                )
             self._audit(
                 s,
                 actor,
@@ -1226,7 +1297,7 @@ class CloudServices:
     ) -> None:
         actor.require_org_admin()
         for address in recipients or []:
-            if not _EMAIL.match(address):
+            if not _EMAIL.fullmatch(address) or len(address) > 320:
                 raise UsageError(f"{address!r} is not an email address")
         if offline_after_hours is not None and not 1 <= offline_after_hours <= 24 * 365:
             raise UsageError("offline_after_hours must be between 1 and 8760")
@@ -1643,7 +1714,9 @@ class CloudServices:
                         backup_set_id=job.backup_set_id,
                         job_id=job.id,
                         snapshot_id=res.snapshot_id,
-                        time=res.snapshot_time or self.now(),
+                        # the agent's clock, but never in the cloud's future: retention
+                        # counts back from the newest restore point
+                        time=min(res.snapshot_time or self.now(), self.now()),
                         paths=list(bs.include) if bs else [],
                         files=res.files,
                         bytes=res.bytes,

@@ -20,10 +20,14 @@ FinalState = Literal["succeeded", "partial", "failed", "stopped"]
 POLL_WAIT_S = 20.0
 
 
+#: Names an agent reports are shown in pages and mail subjects: no control characters.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
 class EnrollRequest(BaseModel):
     token: str = Field(min_length=8, max_length=200)
-    hostname: str = Field(min_length=1, max_length=255)
-    os: str = Field(min_length=1, max_length=100)
+    hostname: str = Field(min_length=1, max_length=255, pattern=PRINTABLE)
+    os: str = Field(min_length=1, max_length=100, pattern=PRINTABLE)
     csr_pem: str = Field(min_length=1, max_length=20000)
 
 
@@ -35,9 +39,9 @@ class EnrollResponse(BaseModel):
 
 
 class Heartbeat(BaseModel):
-    version: str = Field(max_length=50)
-    os: str = Field(max_length=100)
-    hostname: str = Field(max_length=255)
+    version: str = Field(max_length=50, pattern=PRINTABLE)
+    os: str = Field(max_length=100, pattern=PRINTABLE)
+    hostname: str = Field(max_length=255, pattern=PRINTABLE)
     free_bytes: int | None = Field(default=None, ge=0)
     #: The job this agent is working on, if any: any other job the cloud thinks is running
     #: on this server was cut short (reboot, kill) and is marked aborted.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rekindle.core.errors import (
+    ArchivedError,
     DamageFoundError,
     IntegrityError,
     ObjectNotFoundError,
@@ -163,24 +164,33 @@ def prune(
             return report
 
         # Repack: copy the live blobs of mostly-unused packs into new packs (indexed by the
-        # writer before anything is condemned).
+        # writer before anything is condemned). A pack in the archive tier cannot be read: it
+        # is kept as it is (the copies made of its blobs so far are harmless duplicates).
         if repack:
             say(f"repacking {len(repack)} packs")
             kept_ids = {e.id for pid in keep for e in by_pack[pid]}
+            archived: list[bytes] = []
             writer = BlobWriter(repo)
             try:
                 for pid in repack:
-                    for e in sorted(by_pack[pid], key=lambda x: x.offset):
-                        if e.id not in used or e.id in kept_ids:
-                            continue
-                        kept_ids.add(e.id)
-                        plain = repo.read_blob(e.id)  # verified; any intact copy will do
-                        writer.store_plain(e.kind, e.id, plain)
-                        report.blobs_repacked += 1
-                        report.bytes_repacked += e.length
+                    try:
+                        for e in sorted(by_pack[pid], key=lambda x: x.offset):
+                            if e.id not in used or e.id in kept_ids:
+                                continue
+                            plain = repo.read_blob(e.id)  # verified; any intact copy will do
+                            kept_ids.add(e.id)
+                            writer.store_plain(e.kind, e.id, plain)
+                            report.blobs_repacked += 1
+                            report.bytes_repacked += e.length
+                    except ArchivedError:
+                        archived.append(pid)
                 writer.flush()
             finally:
                 writer.close()
+            for pid in archived:
+                repack.remove(pid)
+                keep.append(pid)
+            report.packs_repacked = len(repack)
 
         # One index (in parts) covering every kept pack; then the old files go.
         say("writing the new index")
@@ -259,10 +269,12 @@ def _garbage_records(repo: Repository) -> list[_Record]:
 Tables = dict[str, tuple[BlobKind, bytes, list[BlobEntry]]]
 
 
-def _condemned_tables(repo: Repository, pack_names: list[str]) -> Tables:
-    """Blob tables of the condemned packs that still exist and no index file names."""
+def _condemned_tables(repo: Repository, pack_names: list[str]) -> tuple[Tables, set[str]]:
+    """Blob tables of the condemned packs that still exist and no index file names, and the
+    names of those in the archive tier (their tables are unreadable without a thaw)."""
     indexed = set(repo.index.packs())
     tables: Tables = {}
+    archived_tables: set[str] = set()
     for pname in pack_names:
         parsed = parse_pack_name(pname)
         if parsed is None or parsed[1] in indexed or pname in tables:
@@ -271,20 +283,30 @@ def _condemned_tables(repo: Repository, pack_names: list[str]) -> Tables:
             table = repo.read_pack_table(*parsed)
         except ObjectNotFoundError:
             continue  # swept by an earlier, interrupted run
+        except ArchivedError:
+            # In the archive tier: its table cannot be read without a thaw. It is judged by
+            # elimination in _reach_keeping_needed (an empty table marks it).
+            table = []
+            archived_tables.add(pname)
         except IntegrityError as e:
             log.warning("condemned pack %s is damaged (%s)", pname, e)
             table = []
         tables[pname] = (parsed[0], parsed[1], table)
-    return tables
+    return tables, archived_tables
 
 
 def _reach_keeping_needed(
-    repo: Repository, snaps: list[Snapshot], tables: Tables, report: PruneReport
+    repo: Repository,
+    snaps: list[Snapshot],
+    condemned: tuple[Tables, set[str]],
+    report: PruneReport,
 ) -> set[bytes]:
     """The blobs `snaps` use. Condemned packs holding a used blob that no index file offers
     are indexed again (and dropped from `tables`): a restore point committed since the mark
     needs them. The walk sees condemned packs through a temporary entry in the local index
-    cache (never written to the backend), since trees may live there too."""
+    cache (never written to the backend), since trees may live there too. Archived ones
+    are judged by elimination: deletable only if every blob in use is indexed elsewhere."""
+    tables, archived_tables = condemned
     unavailable = repo.index.missing(e.id for _, _, t in tables.values() for e in t)
     repo.index.add_file(_SWEEP_VIEW, ((pid, t) for _, pid, t in tables.values()))
     try:
@@ -297,6 +319,15 @@ def _reach_keeping_needed(
             unavailable.difference_update(e.id for e in table)
             report.packs_reindexed += 1
             del tables[pname]
+    cold = [p for p in tables if p in archived_tables]
+    if cold and repo.index.missing(used):
+        # Some blob a restore point uses is in no index file: it may be in one of these
+        # archived packs, whose tables cannot be read without a thaw. Delete nothing.
+        raise DamageFoundError(
+            f"{len(cold)} condemned pack(s) are in archive storage and a restore point uses "
+            "blobs no index offers: prune cannot tell whether those packs hold them without "
+            "a thaw, and deletes nothing"
+        )
     return used
 
 
@@ -321,8 +352,9 @@ def _sweep(
     repo.sync_index()
     # The walk must see every condemned pack, also those of records still waiting: a
     # restore point may use trees and blobs from packs of several records.
-    tables = _condemned_tables(repo, [p for r in records for p in r.packs])
-    _reach_keeping_needed(repo, snaps, tables, report)
+    condemned = _condemned_tables(repo, [p for r in records for p in r.packs])
+    tables = condemned[0]
+    _reach_keeping_needed(repo, snaps, condemned, report)
     # A pack indexed again after its first record and condemned again later is named by a
     # newer record too; only that record's conditions tell whether it is free.
     waiting = {p for r in records if r not in ready for p in r.packs}

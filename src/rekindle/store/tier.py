@@ -9,7 +9,9 @@ A backend with an archive tier offers three more operations, by object name:
 - `tier_state(name)`: `warm` (never archived), `archived`, `thawing` or `thawed` (readable).
 
 Reading an archived object that is not thawed raises `ArchivedError`; listing, `stat` and
-`delete` see archived objects like any other, so the index, `check` and prune keep working.
+`delete` see archived objects like any other. The engine copes: check reports an archived
+pack as not read (a warning), prune keeps an archived pack it would repack and deletes one
+that nothing uses any more (judged without reading it).
 
 Two implementations:
 

@@ -290,12 +290,17 @@ def console_router() -> APIRouter:
 
     @r.post("/groups/{group_id}/policy")
     async def set_group_policy(
-        request: Request, group_id: int, policy: Annotated[str, Form()] = ""
+        request: Request,
+        group_id: int,
+        policy: Annotated[str, Form()] = "",
+        confirm_removal: Annotated[str, Form()] = "",
     ) -> Response:
         page = await _page(request)
         await sess.check_csrf(request, page.csrf)
-        pol = _opt_int(policy)
-        group = await _act(lambda: page.svc.set_group_policy(page.actor, group_id, pol))
+        pol, confirm = _opt_int(policy), bool(confirm_removal)
+        group = await _act(
+            lambda: page.svc.set_group_policy(page.actor, group_id, pol, confirm_removal=confirm)
+        )
         return _back("/ui/groups", f"Group {group.name!r} now follows the chosen policy.")
 
     @r.post("/groups/{group_id}/activation", response_class=HTMLResponse)

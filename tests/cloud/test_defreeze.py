@@ -1,0 +1,84 @@
+"""The defreeze's bookkeeping (the cloud side; the real thaw through a storage node is in
+tests/system/test_defreeze.py): a cancel wins over a thaw that finishes at the same time, and
+a defreeze that never finishes fails the restore with an alert instead of waiting forever."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from rekindle.cloud.models import Job
+from rekindle.cloud.services import DEFREEZE_TIMEOUT
+from tests.cloud.conftest import Cloud
+
+
+class _Node:
+    """What a storage node's archive tier answers to thaw requests."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        self.asked = 0
+
+    def thaw(self, _url: str, _org: int, packs: list[str], _days: int) -> dict[str, str]:
+        self.asked += 1
+        return dict.fromkeys(packs, self.state)
+
+
+def _defreezing(cloud: Cloud) -> int:
+    server = cloud.enroll("cold")
+    with cloud.svc.db.session() as s:
+        job = Job(
+            org_id=cloud.admin.org_id,
+            server_id=server,
+            kind="restore",
+            state="defreezing",
+            trigger="manual",
+            params={
+                "storage_url": "https://node.invalid",
+                "archived": ["data/aa/" + "a" * 64, "data/bb/" + "b" * 64],
+                "thaw_estimate_s": 3600,
+            },
+            progress={},
+            created=cloud.clock.now(),
+        )
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def test_the_restore_is_queued_once_everything_is_back(cloud: Cloud) -> None:
+    job_id = _defreezing(cloud)
+    node = _Node("thawing")
+    cloud.svc.catalog = node  # type: ignore[assignment]
+    assert cloud.svc.advance_defreezes() == 0
+    row, _ = cloud.svc.get_job(cloud.admin, job_id)
+    assert row.state == "defreezing" and row.progress == {"thawed": 0, "to_thaw": 2}
+    node.state = "thawed"
+    assert cloud.svc.advance_defreezes() == 1
+    row, _ = cloud.svc.get_job(cloud.admin, job_id)
+    assert row.state == "queued" and row.progress == {"thawed": 2, "to_thaw": 2}
+    assert cloud.svc.advance_defreezes() == 0  # not watched any more
+    kinds = [e.kind for e in cloud.svc.list_events(cloud.admin)]
+    assert kinds.count("defreeze.ready") == 1
+
+
+def test_a_cancelled_defreeze_is_not_queued(cloud: Cloud) -> None:
+    job_id = _defreezing(cloud)
+    cloud.svc.catalog = _Node("thawed")  # type: ignore[assignment]
+    cloud.svc.cancel_job(cloud.admin, job_id)
+    assert cloud.svc.advance_defreezes() == 0
+    row, _ = cloud.svc.get_job(cloud.admin, job_id)
+    assert row.state == "cancelled"
+
+
+def test_a_defreeze_that_never_finishes_fails_with_an_alert(cloud: Cloud) -> None:
+    job_id = _defreezing(cloud)
+    cloud.svc.catalog = _Node("thawing")  # type: ignore[assignment]
+    cloud.clock.advance((DEFREEZE_TIMEOUT - timedelta(minutes=1)).total_seconds())
+    cloud.svc.advance_defreezes()
+    assert cloud.svc.get_job(cloud.admin, job_id)[0].state == "defreezing"
+    cloud.clock.advance(120)
+    cloud.svc.advance_defreezes()
+    row, _ = cloud.svc.get_job(cloud.admin, job_id)
+    assert row.state == "failed" and "did not finish in time: 0 of 2 packs" in (row.error or "")
+    (alert,) = cloud.svc.list_events(cloud.admin, alerts=True)
+    assert alert.kind == "defreeze.failed" and "start the restore again" in alert.message
