@@ -53,6 +53,29 @@ class Cloud:
         self.svc.finish_job(server_id, job.job_id, result)
         return job.job_id
 
+    def defreezing_restore(self, server_id: int, packs: int = 2, **params: object) -> int:
+        """A restore job waiting for its defreeze (as start_restore leaves a cold one)."""
+        from rekindle.cloud.models import Job
+
+        with self.svc.db.session() as s:
+            job = Job(
+                org_id=self.admin.org_id,
+                server_id=server_id,
+                kind="restore",
+                state="defreezing",
+                trigger="manual",
+                params={
+                    "storage_url": "https://node.invalid",
+                    "archived": [f"data/{i:02x}/{i:02x}" + "a" * 62 for i in range(packs)],
+                    **params,
+                },
+                progress={},
+                created=self.clock.now(),
+            )
+            s.add(job)
+            s.flush()
+            return job.id
+
     def connect(self, server_id: int, running_job: int | None = None) -> None:
         self.svc.heartbeat(
             server_id,

@@ -486,21 +486,9 @@ def test_the_dashboard_shows_each_storage_as_last_measured(
 def test_a_restore_waiting_for_its_defreeze_shows_it(browser: TestClient, cloud: Cloud) -> None:
     from rekindle.cloud.models import Job
 
-    server = cloud.enroll("cold1")
+    job_id = cloud.defreezing_restore(cloud.enroll("cold1"), packs=3)
     with cloud.svc.db.session() as s:
-        job = Job(
-            org_id=cloud.admin.org_id,
-            server_id=server,
-            kind="restore",
-            state="defreezing",
-            trigger="manual",
-            params={"archived": ["data/aa/" + "a" * 64] * 3},
-            progress={"thawed": 1, "to_thaw": 3},
-            created=cloud.clock.now(),
-        )
-        s.add(job)
-        s.flush()
-        job_id = job.id
+        s.get(Job, job_id).progress = {"thawed": 1, "to_thaw": 3}  # type: ignore[union-attr]
     csrf = _login(browser, "admin@acme.test", cloud.password)
     page = browser.get(f"/ui/jobs/{job_id}").text
     assert "1 of 3 packs back from archive storage" in page and ">Cancel<" in page

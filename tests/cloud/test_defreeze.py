@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from rekindle.cloud.models import Job
 from rekindle.cloud.services import DEFREEZE_TIMEOUT
 from tests.cloud.conftest import Cloud
 
@@ -24,25 +23,7 @@ class _Node:
 
 
 def _defreezing(cloud: Cloud) -> int:
-    server = cloud.enroll("cold")
-    with cloud.svc.db.session() as s:
-        job = Job(
-            org_id=cloud.admin.org_id,
-            server_id=server,
-            kind="restore",
-            state="defreezing",
-            trigger="manual",
-            params={
-                "storage_url": "https://node.invalid",
-                "archived": ["data/aa/" + "a" * 64, "data/bb/" + "b" * 64],
-                "thaw_estimate_s": 3600,
-            },
-            progress={},
-            created=cloud.clock.now(),
-        )
-        s.add(job)
-        s.flush()
-        return job.id
+    return cloud.defreezing_restore(cloud.enroll("cold"), thaw_estimate_s=3600)
 
 
 def test_the_restore_is_queued_once_everything_is_back(cloud: Cloud) -> None:

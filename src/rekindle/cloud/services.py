@@ -410,6 +410,11 @@ class CloudServices:
         if role is not None and role not in ROLES:
             raise UsageError(f"role must be one of {', '.join(ROLES)}")
         with self.db.session() as s:
+            # Changes to an organization's admins one at a time (on PostgreSQL two demotions
+            # at once could otherwise both see the other as the remaining org admin).
+            s.execute(
+                select(Organization.id).where(Organization.id == actor.org_id).with_for_update()
+            )
             admin = s.get(Admin, admin_id)
             if admin is None or admin.org_id != actor.org_id:
                 raise NotFoundError(f"admin {admin_id} not found")
@@ -1331,10 +1336,18 @@ class CloudServices:
         now = self.now()
         with self.db.session() as s:
             limits = {o.id: o.offline_after_hours for o in s.scalars(select(Organization))}
-            for server in s.scalars(select(Server).where(Server.enabled.is_(True))):
-                seen = server.last_seen or server.created
-                hours = limits.get(server.org_id, 24)
+            for candidate in s.scalars(select(Server).where(Server.enabled.is_(True))).all():
+                seen = candidate.last_seen or candidate.created
+                hours = limits.get(candidate.org_id, 24)
                 if now - seen < timedelta(hours=hours):
+                    continue
+                # One cloud process at a time decides for a server (another one holding the
+                # row skips it here and sees its event on its next pass).
+                lock = select(Server).where(Server.id == candidate.id)
+                if self.db.is_postgres:
+                    lock = lock.with_for_update(skip_locked=True)
+                server = s.scalar(lock)
+                if server is None:
                     continue
                 told = s.scalar(
                     select(func.count())
