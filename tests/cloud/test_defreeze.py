@@ -15,10 +15,10 @@ class _Node:
 
     def __init__(self, state: str) -> None:
         self.state = state
-        self.asked = 0
+        self.days = 0  # how long the last thaw asked the copies to stay
 
-    def thaw(self, _url: str, _org: int, packs: list[str], _days: int) -> dict[str, str]:
-        self.asked += 1
+    def thaw(self, _url: str, _org: int, packs: list[str], days: int) -> dict[str, str]:
+        self.days = days
         return dict.fromkeys(packs, self.state)
 
 
@@ -30,7 +30,9 @@ def test_the_restore_is_queued_once_everything_is_back(cloud: Cloud) -> None:
     job_id = _defreezing(cloud)
     node = _Node("thawing")
     cloud.svc.catalog = node  # type: ignore[assignment]
+    cloud.svc.defreeze_days = 3  # REKINDLE_CLOUD_DEFREEZE_DAYS
     assert cloud.svc.advance_defreezes() == 0
+    assert node.days == 3
     row, _ = cloud.svc.get_job(cloud.admin, job_id)
     assert row.state == "defreezing" and row.progress == {"thawed": 0, "to_thaw": 2}
     node.state = "thawed"
@@ -38,8 +40,8 @@ def test_the_restore_is_queued_once_everything_is_back(cloud: Cloud) -> None:
     row, _ = cloud.svc.get_job(cloud.admin, job_id)
     assert row.state == "queued" and row.progress == {"thawed": 2, "to_thaw": 2}
     assert cloud.svc.advance_defreezes() == 0  # not watched any more
-    kinds = [e.kind for e in cloud.svc.list_events(cloud.admin)]
-    assert kinds.count("defreeze.ready") == 1
+    (ready,) = [e for e in cloud.svc.list_events(cloud.admin) if e.kind == "defreeze.ready"]
+    assert "the thawed copy stays 3 days" in ready.message
 
 
 def test_a_cancelled_defreeze_is_not_queued(cloud: Cloud) -> None:

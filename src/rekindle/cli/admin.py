@@ -335,16 +335,16 @@ def policy_set(
         bandwidth_kib=bandwidth_kib,
         cold_after_days=cold_after_days,
     )
-    rules = _given(
+    rules = _retention(
+        policy_id,
         within_days=keep_within_days,
         daily=keep_daily,
         weekly=keep_weekly,
         monthly=keep_monthly,
         yearly=keep_yearly,
     )
-    if rules:
-        current = next(x for x in call("GET", "/policies") if x["id"] == policy_id)
-        body["retention"] = {**current["retention"], **rules}
+    if rules is not None:
+        body["retention"] = rules
         doomed = call(
             "POST",
             f"/policies/{policy_id}/retention-preview",
@@ -369,16 +369,31 @@ def retention_preview(
     as_json: JsonOpt = False,
 ) -> None:
     """The restore points these rules (the given ones replace the policy's) would remove."""
-    current = next(x for x in call("GET", "/policies") if x["id"] == policy_id)
-    rules = _given(
+    rules = _retention(
+        policy_id,
         within_days=keep_within_days,
         daily=keep_daily,
         weekly=keep_weekly,
         monthly=keep_monthly,
         yearly=keep_yearly,
+        always=True,
     )
-    body = {"retention": {**current["retention"], **rules}}
+    body = {"retention": rules}
     show(call("POST", f"/policies/{policy_id}/retention-preview", body), as_json, _POINT_COLS)
+
+
+def _retention(
+    policy_id: int, *, always: bool = False, **keeps: int | None
+) -> dict[str, Any] | None:
+    """The policy's saved retention with the rules given on the command line in place; None
+    when none was given (unless `always`)."""
+    given = _given(**keeps)
+    if not given and not always:
+        return None
+    current = next((x for x in call("GET", "/policies") if x["id"] == policy_id), None)
+    if current is None:
+        raise ApiError(f"no backup policy {policy_id}")
+    return {**current["retention"], **given}
 
 
 @app.command("retention-expiring")

@@ -73,6 +73,7 @@ def prepare(settings: CloudSettings, clock: Clock | None = None) -> CloudState:
         catalog=StorageCatalog(token_key, d / "ca" / "ca.pem", d / "cache"),
         email=bool(settings.smtp_host),
         console_url=settings.console_url(),
+        defreeze_days=settings.defreeze_days,
     )
     mail = None
     if settings.smtp_host:

@@ -168,28 +168,29 @@ class StorageCatalog:
             cold += [p for p, state in states.items() if state in ("archived", "thawing")]
         return sorted(cold), float(str(info.get("thaw_estimate_s") or 0))
 
-    def thaw(self, storage_url: str, org: int, packs: list[str], days: int) -> dict[str, str]:
-        """Ask the node to thaw `packs` (idempotent); their states afterwards."""
+    @contextlib.contextmanager
+    def _node(self, storage_url: str, org: int) -> Iterator[HttpBackend]:
+        """The node's API for `org` with a catalog token (no repository opened)."""
         http = HttpBackend(storage_url, org, self._token(org), ca_file=str(self._ca_file))
         try:
-            states: dict[str, str] = {}
-            for i in range(0, len(packs), TIER_BATCH):
-                states.update(http.tier("thaw", packs[i : i + TIER_BATCH], days=days))
-            return states
+            yield http
         except RekindleError as e:
             raise PlanningError(f"cannot reach the storage: {e}") from e
         finally:
             http.close()
 
+    def thaw(self, storage_url: str, org: int, packs: list[str], days: int) -> dict[str, str]:
+        """Ask the node to thaw `packs` (idempotent); their states afterwards."""
+        states: dict[str, str] = {}
+        with self._node(storage_url, org) as http:
+            for i in range(0, len(packs), TIER_BATCH):
+                states.update(http.tier("thaw", packs[i : i + TIER_BATCH], days=days))
+        return states
+
     def usage(self, storage_url: str, org: int) -> dict[str, Any]:
         """The organization's bytes on the node and the node's filesystem (None on S3)."""
-        http = HttpBackend(storage_url, org, self._token(org), ca_file=str(self._ca_file))
-        try:
+        with self._node(storage_url, org) as http:
             return http.usage()
-        except RekindleError as e:
-            raise PlanningError(f"cannot reach the storage: {e}") from e
-        finally:
-            http.close()
 
     def expire_and_prune(
         self,
@@ -208,17 +209,10 @@ class StorageCatalog:
         any more, and check the repository's structure. Runs with a maintenance token whose
         job number (-run_id) owns the prune lock on the node."""
         out = MaintenanceReport()
-        probe = HttpBackend(
-            storage_url, org, self._token(org, "catalog"), ca_file=str(self._ca_file)
-        )
-        try:
-            if not probe.exists("config"):
+        with self._node(storage_url, org) as http:
+            if not http.exists("config"):
                 out.no_repository = True  # nothing was ever backed up there
                 return out
-        except RekindleError as e:
-            raise PlanningError(f"cannot reach the storage: {e}") from e
-        finally:
-            probe.close()
         with self._repository(
             storage_url, org, repo_key, access="maintenance", job=-run_id, what="the repository"
         ) as (repo, _http):

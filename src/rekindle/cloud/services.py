@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ACTIVE_JOB_STATES = ("queued", "running")
-#: Days a defreeze keeps the thawed copy in warm storage (the restore must run by then).
+#: Days a defreeze keeps the thawed copy in warm storage by default (the restore must run
+#: by then; REKINDLE_CLOUD_DEFREEZE_DAYS).
 DEFREEZE_DAYS = 7
 #: A defreeze that has not brought everything back by then (or by 4 times the node's
 #: estimate, if longer) fails the restore with an alert, instead of waiting forever.
@@ -122,6 +123,7 @@ class CloudServices:
         catalog: StorageCatalog | None = None,
         email: bool = False,
         console_url: str = "",
+        defreeze_days: int = DEFREEZE_DAYS,
     ) -> None:
         self.db = db
         self.kek = kek
@@ -134,6 +136,8 @@ class CloudServices:
         self.session_ttl_s = session_ttl_s
         #: Plans restores (reads repositories on storage nodes); None in a cloud without.
         self.catalog = catalog
+        #: How long a defreeze's thawed copy stays readable (days).
+        self.defreeze_days = defreeze_days
         #: Whether mail-worthy events queue emails (SMTP is configured).
         self.email = email
         #: Where admins reach the console, for links in emails ("" : no link).
@@ -492,9 +496,12 @@ class CloudServices:
         points = self.list_restore_points(actor)
         raw = sum(p.bytes for p in points)
         stored = sum(p.bytes_added for p in points)
+        by_server: dict[int, list[RestorePoint]] = {}
+        for rp in points:  # newest first
+            by_server.setdefault(rp.server_id, []).append(rp)
         servers = []
         for server in self.list_servers(actor):
-            mine = [p for p in points if p.server_id == server.id]  # newest first
+            mine = by_server.get(server.id, [])
             servers.append(
                 {
                     "id": server.id,
@@ -505,13 +512,26 @@ class CloudServices:
                     "last_backup": mine[0].time if mine else None,
                 }
             )
+        return {
+            "raw_bytes": raw,
+            "stored_bytes": stored,
+            "dedup_ratio": round(raw / stored, 2) if stored else None,
+            "warm_bytes": stored,
+            "cold_bytes": 0,
+            "restore_points": len(points),
+            "servers": servers,
+            "storages": self.storage_usage(actor),
+        }
+
+    def storage_usage(self, actor: Actor) -> list[dict[str, Any]]:
+        """The storages the organization uses, as last measured (Maintenance.check_storages)."""
         with self.db.session() as s:
             used_ids = set(
                 s.scalars(
                     select(ServerGroup.storage_id).where(ServerGroup.org_id == actor.org_id)
                 ).all()
             )
-            storages = [
+            return [
                 {
                     "id": x.id,
                     "name": x.name,
@@ -525,16 +545,6 @@ class CloudServices:
                 for x in s.scalars(select(Storage).order_by(Storage.id))
                 if x.id in used_ids
             ]
-        return {
-            "raw_bytes": raw,
-            "stored_bytes": stored,
-            "dedup_ratio": round(raw / stored, 2) if stored else None,
-            "warm_bytes": stored,
-            "cold_bytes": 0,
-            "restore_points": len(points),
-            "servers": servers,
-            "storages": storages,
-        }
 
     def list_storages(self, actor: Actor) -> list[Storage]:
         del actor
@@ -1113,7 +1123,10 @@ class CloudServices:
             limit = max(DEFREEZE_TIMEOUT, timedelta(seconds=4 * estimate))
             try:
                 states = self._catalog().thaw(
-                    str(params["storage_url"]), org_id, list(params["archived"]), DEFREEZE_DAYS
+                    str(params["storage_url"]),
+                    org_id,
+                    list(params["archived"]),
+                    self.defreeze_days,
                 )
             except RekindleError as e:
                 log.warning("defreeze of job %d: %s", jid, e)
@@ -1150,7 +1163,7 @@ class CloudServices:
                     "defreeze.ready",
                     f"the data of restore job {jid} is back from archive storage; the restore "
                     f"to {server.hostname} starts as soon as its agent takes it (the thawed "
-                    f"copy stays {DEFREEZE_DAYS} days)",
+                    f"copy stays {self.defreeze_days} days)",
                     server_id=server.id,
                     job_id=jid,
                 )
@@ -1222,53 +1235,52 @@ class CloudServices:
         if severity is not None and severity not in SEVERITIES:
             raise UsageError(f"severity must be one of {', '.join(SEVERITIES)}")
         with self.db.session() as s:
-            q = select(Event).where(Event.org_id == actor.org_id)
+            q = select(Event).where(*self._visible_events(s, actor, alerts=alerts))
             if severity is not None:
                 q = q.where(Event.severity == severity)
             if server_id is not None:
                 self._server(s, server_id, actor)
                 q = q.where(Event.server_id == server_id)
-            if alerts:
-                q = q.where(Event.severity.in_(ALERT_SEVERITIES), Event.acknowledged.is_(None))
-            q = q.order_by(Event.id.desc())
-            if actor.role != "group_admin":
-                return list(s.scalars(q.limit(limit)).all())
-            visible = self._visible_servers(s, actor)
-            q = q.where(Event.server_id.in_(visible))
-            return list(s.scalars(q.limit(limit)).all())
+            return list(s.scalars(q.order_by(Event.id.desc()).limit(limit)).all())
+
+    def _visible_events(self, s: Session, actor: Actor, *, alerts: bool) -> list[Any]:
+        """Conditions on Event: the actor's organization (a group admin: their servers'
+        events only) and, with `alerts`, open alerts only."""
+        conds: list[Any] = [Event.org_id == actor.org_id]
+        if actor.role == "group_admin":
+            conds.append(Event.server_id.in_(self._visible_servers(s, actor)))
+        if alerts:
+            conds += [Event.severity.in_(ALERT_SEVERITIES), Event.acknowledged.is_(None)]
+        return conds
 
     def count_alerts(self, actor: Actor) -> int:
         with self.db.session() as s:
-            q = (
-                select(func.count())
-                .select_from(Event)
-                .where(
-                    Event.org_id == actor.org_id,
-                    Event.severity.in_(ALERT_SEVERITIES),
-                    Event.acknowledged.is_(None),
-                )
-            )
-            if actor.role == "group_admin":
-                q = q.where(Event.server_id.in_(self._visible_servers(s, actor)))
-            return int(s.scalar(q) or 0)
+            conds = self._visible_events(s, actor, alerts=True)
+            return int(s.scalar(select(func.count()).select_from(Event).where(*conds)) or 0)
 
     def acknowledge_alerts(self, actor: Actor, event_ids: list[int] | None) -> int:
         """Mark alerts as seen (None: all open ones the admin can see); returns how many.
         The events stay in the event list with who acknowledged them and when."""
         actor.require_write()
-        open_ids = {e.id for e in self.list_events(actor, 100_000, alerts=True)}
-        chosen = open_ids if event_ids is None else set(event_ids)
-        unknown = chosen - open_ids
-        if unknown:
-            raise NotFoundError(
-                f"no open alert {min(unknown)} (already acknowledged, not a warning or error, "
-                "or not yours to see)"
-            )
-        if not chosen:
-            return 0
         with self.db.session() as s:
-            ids = sorted(chosen)
-            for i in range(0, len(ids), 1000):  # bound the statement's parameters
+            open_alerts = select(Event.id).where(*self._visible_events(s, actor, alerts=True))
+            if event_ids is None:
+                ids = sorted(s.scalars(open_alerts).all())
+            else:
+                ids = sorted(set(event_ids))
+                found: set[int] = set()
+                for i in range(0, len(ids), 1000):  # bound the statement's parameters
+                    chunk = open_alerts.where(Event.id.in_(ids[i : i + 1000]))
+                    found.update(s.scalars(chunk).all())
+                unknown = set(ids) - found
+                if unknown:
+                    raise NotFoundError(
+                        f"no open alert {min(unknown)} (already acknowledged, not a warning or "
+                        "error, or not yours to see)"
+                    )
+            if not ids:
+                return 0
+            for i in range(0, len(ids), 1000):
                 s.execute(
                     update(Event)
                     .where(Event.id.in_(ids[i : i + 1000]), Event.acknowledged.is_(None))
@@ -1279,10 +1291,10 @@ class CloudServices:
                 actor,
                 actor.org_id,
                 "alert.acknowledge",
-                f"{len(chosen)} alert(s)",
-                events=sorted(chosen)[:1000],
+                f"{len(ids)} alert(s)",
+                events=ids[:1000],
             )
-        return len(chosen)
+        return len(ids)
 
     def list_audit(self, actor: Actor, limit: int = 100) -> list[AuditEntry]:
         actor.require_org_admin()
@@ -1336,7 +1348,11 @@ class CloudServices:
         now = self.now()
         with self.db.session() as s:
             limits = {o.id: o.offline_after_hours for o in s.scalars(select(Organization))}
-            for candidate in s.scalars(select(Server).where(Server.enabled.is_(True))).all():
+            # Runs every scheduler pass: only servers silent for the shortest allowed limit
+            # (an hour) are looked at, not every server.
+            quiet = or_(Server.last_seen.is_(None), Server.last_seen <= now - timedelta(hours=1))
+            q = select(Server).where(Server.enabled.is_(True), quiet)
+            for candidate in s.scalars(q).all():
                 seen = candidate.last_seen or candidate.created
                 hours = limits.get(candidate.org_id, 24)
                 if now - seen < timedelta(hours=hours):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,8 @@ class CloudSettings(BaseSettings):
     prune_grace_s: float = 3600.0
     #: How often the cloud looks for queued retention runs (seconds).
     maintenance_poll_s: float = 10.0
+    #: How long the thawed copy of a cold restore's data stays in warm storage (days).
+    defreeze_days: int = Field(default=7, ge=1, le=365)
     #: How often the cloud measures each storage's usage (seconds).
     storage_check_s: float = 600.0
 

@@ -127,7 +127,7 @@ def dashboard_view(svc: CloudServices, actor: Actor) -> DashboardView:
         if job.kind == "backup" and job.state not in ("queued", "running"):
             last.setdefault(job.server_id, job_view(job))
     view.running = running_jobs(svc, actor)
-    view.storages = svc.statistics(actor)["storages"]
+    view.storages = svc.storage_usage(actor)
     for server in svc.list_servers(actor):
         view.servers.append(ServerRow(server, svc.is_connected(server), last.get(server.id)))
     points = svc.list_restore_points(actor)
