@@ -28,6 +28,7 @@ class FileKind(IntEnum):
     SNAPSHOT = 2
     LOCK = 3
     GARBAGE = 4
+    TIER = 5  # tier record: data packs in (or bound for) the archive tier
 
 
 class KeyKind(IntEnum):

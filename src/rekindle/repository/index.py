@@ -3,6 +3,10 @@
 The backend holds the truth (index files under `index/`); this cache mirrors their union so
 that lookups cost a B-tree probe and memory stays flat however large the repository grows.
 `sync` loads index files that appeared and drops rows of index files that disappeared.
+
+The *cold set* (packs in or bound for the archive tier, from the tier records, FORMAT.md
+section 12) is kept beside it: lookups list copies in warm packs first, and `contains_warm`
+is what deduplication asks, so a backup never comes to depend on an archived pack.
 Safe for several threads (one connection behind a lock) and several processes (WAL mode).
 """
 
@@ -38,6 +42,7 @@ CREATE INDEX IF NOT EXISTS blobs_pack ON blobs (pack);
 
 
 _SELECT_LOCATIONS = "SELECT DISTINCT id, pack, kind, offset, length, raw FROM blobs "
+_SELECT_ENTRIES = "SELECT DISTINCT pack, id, kind, offset, length, raw FROM blobs"
 _BLOOM_AFTER = 4096  # lookups answered by SQLite before the Bloom filter is built
 
 
@@ -99,6 +104,21 @@ class LocalIndex:
             self._db.executescript(_SCHEMA)
         self._bloom: _Bloom | None = None  # built once lookups are many (see `contains`)
         self._lookups = 0
+        self._cold: frozenset[bytes] = frozenset()
+
+    # -- the cold set ---------------------------------------------------------------------------
+    def set_cold(self, packs: Iterable[bytes]) -> None:
+        self._cold = frozenset(packs)
+
+    @property
+    def cold(self) -> frozenset[bytes]:
+        return self._cold
+
+    def _warm_first(self, locations: list[Location]) -> list[Location]:
+        cold = self._cold
+        if not cold or len(locations) < 2:
+            return locations
+        return sorted(locations, key=lambda loc: loc.pack in cold)
 
     def close(self) -> None:
         with self._lock:
@@ -153,6 +173,10 @@ class LocalIndex:
 
     # -- lookups ------------------------------------------------------------------------------
     def lookup(self, chunk_id: bytes) -> Location | None:
+        """One copy of the chunk, a warm one if there is any."""
+        if self._cold:
+            found = self.lookup_all(chunk_id)
+            return found[0] if found else None
         with self._lock:
             row = self._db.execute(
                 "SELECT pack, kind, offset, length, raw FROM blobs WHERE id = ? LIMIT 1",
@@ -168,10 +192,13 @@ class LocalIndex:
                 "SELECT DISTINCT pack, kind, offset, length, raw FROM blobs WHERE id = ?",
                 (chunk_id,),
             ).fetchall()
-        return [Location(r[0], BlobEntry(chunk_id, BlobKind(r[1]), r[2], r[3], r[4])) for r in rows]
+        return self._warm_first(
+            [Location(r[0], BlobEntry(chunk_id, BlobKind(r[1]), r[2], r[3], r[4])) for r in rows]
+        )
 
     def lookup_many(self, ids: Iterable[bytes]) -> dict[bytes, list[Location]]:
-        """Every known location of each id, in one query per 500 ids (restore batches)."""
+        """Every known location of each id, warm ones first, in one query per 500 ids
+        (restore batches)."""
         todo = list(set(ids))
         out: dict[bytes, list[Location]] = {}
         with self._lock:
@@ -183,9 +210,19 @@ class LocalIndex:
                     out.setdefault(r[0], []).append(
                         Location(r[1], BlobEntry(r[0], BlobKind(r[2]), r[3], r[4], r[5]))
                     )
+        if self._cold:
+            out = {k: self._warm_first(v) for k, v in out.items()}
         return out
 
     def contains(self, chunk_id: bytes) -> bool:
+        """Whether any pack holds the chunk."""
+        return self._probe(chunk_id, warm=False)
+
+    def contains_warm(self, chunk_id: bytes) -> bool:
+        """Whether a pack outside the cold set holds the chunk: what deduplication asks."""
+        return self._probe(chunk_id, warm=True)
+
+    def _probe(self, chunk_id: bytes, *, warm: bool) -> bool:
         with self._lock:
             bloom = self._bloom
             if bloom is None:
@@ -196,6 +233,10 @@ class LocalIndex:
                     bloom = self._bloom = self._build_bloom()
             if bloom is not None and not bloom.may_contain(chunk_id):
                 return False
+            cold = self._cold if warm else frozenset()
+            if cold:
+                packs = self._db.execute("SELECT pack FROM blobs WHERE id = ?", (chunk_id,))
+                return any(pack not in cold for (pack,) in packs)
             row = self._db.execute(
                 "SELECT 1 FROM blobs WHERE id = ? LIMIT 1", (chunk_id,)
             ).fetchone()
@@ -241,6 +282,19 @@ class LocalIndex:
             ).fetchall()
         for r in rows:
             yield r[0], BlobEntry(r[1], BlobKind(r[2]), r[3], r[4], r[5])
+
+    def entries_of(self, packs: Iterable[bytes]) -> dict[bytes, list[BlobEntry]]:
+        """The blob entries of each of `packs` that the index names."""
+        todo = list(set(packs))
+        out: dict[bytes, list[BlobEntry]] = {}
+        with self._lock:
+            for i in range(0, len(todo), 500):
+                batch = todo[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                query = f"{_SELECT_ENTRIES} WHERE pack IN ({marks})"
+                for r in self._db.execute(query, batch):
+                    out.setdefault(r[0], []).append(BlobEntry(r[1], BlobKind(r[2]), *r[3:6]))
+        return out
 
     def counts(self) -> tuple[int, int]:
         """(distinct blobs, distinct packs)."""

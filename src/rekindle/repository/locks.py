@@ -5,6 +5,7 @@
 | backup | shared | backups, restores, prune, check |
 | check | shared | backups, restores; not prune |
 | prune | exclusive among prunes | backups, restores |
+| tier | exclusive among prunes and tiers | backups, restores, check |
 | repair, key changes | exclusive | nothing |
 
 A lock is an encrypted file under `locks/`, rewritten every REFRESH seconds by a background

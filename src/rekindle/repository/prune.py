@@ -38,7 +38,7 @@ REPACK_BELOW = 0.5
 #: Packs per index file written by prune (keeps each index document a few MiB at most).
 PACKS_PER_INDEX = 2000
 #: Prune conflicts with these operations (see the table in locks.py).
-PRUNE_CONFLICTS = frozenset({"prune", "check", "repair"})
+PRUNE_CONFLICTS = frozenset({"prune", "tier", "check", "repair"})
 #: Name of the temporary local-index entry that shows condemned packs during a sweep.
 _SWEEP_VIEW = "sweep/condemned-packs"
 
@@ -143,12 +143,22 @@ def prune(
                 "run 'rekindle repo check' (and 'repair'); prune deletes nothing meanwhile"
             )
 
+        # A blob in a cold pack (archive tier) that a warm pack holds too is a duplicate:
+        # every used blob of a warm pack stays warm (kept or repacked), so the cold copy
+        # is dead weight, and an archived pack holding only such copies is freed.
+        cold = repo.index.cold
+        warm_held = (
+            {e.id for pid, es in by_pack.items() if pid not in cold for e in es} if cold else set()
+        )
         keep: list[bytes] = []
         repack: list[bytes] = []
         unused: list[bytes] = []
         for pid, entries in by_pack.items():
             total = sum(e.length for e in entries)
-            live = sum(e.length for e in entries if e.id in used)
+            if pid in cold:
+                live = sum(e.length for e in entries if e.id in used and e.id not in warm_held)
+            else:
+                live = sum(e.length for e in entries if e.id in used)
             if live == 0:
                 unused.append(pid)
             elif live < total * repack_below:
@@ -168,7 +178,9 @@ def prune(
         # is kept as it is (the copies made of its blobs so far are harmless duplicates).
         if repack:
             say(f"repacking {len(repack)} packs")
-            kept_ids = {e.id for pid in keep for e in by_pack[pid]}
+            # A copy in a cold pack (archive tier) does not count as kept: the last warm
+            # copy of a blob is never condemned (FORMAT.md section 12, tiering).
+            kept_ids = {e.id for pid in keep if pid not in cold for e in by_pack[pid]}
             archived: list[bytes] = []
             writer = BlobWriter(repo)
             try:

@@ -123,6 +123,10 @@ def restore_needs(repo: Repository, snap: Snapshot, includes: list[str]) -> Rest
             f"{lost} blobs of the restore point are in no pack the index knows: "
             "run 'rekindle repo check'"
         )
+    cold = repo.index.cold
     for locations in located.values():
-        packs.update(pack_name(loc.entry.kind, loc.pack) for loc in locations)
+        # Warm copies where there are any (a cold restore thaws only what exists nowhere
+        # else); every copy of that temperature, so a damaged one has a stand-in.
+        warm = [loc for loc in locations if loc.pack not in cold]
+        packs.update(pack_name(loc.entry.kind, loc.pack) for loc in warm or locations)
     return RestoreNeeds(sorted(packs), files, size)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
 import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import Node, decode_tree
 from rekindle.repository.index import LocalIndex, Location
 from rekindle.store.base import Backend
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,16 @@ def parse_pack_name(name: str) -> tuple[BlobKind, bytes] | None:
     return (BlobKind.DATA if parts[0] == "data" else BlobKind.TREE), pid
 
 
+@dataclass(frozen=True, slots=True)
+class TierRecord:
+    """Data packs in the archive tier (`moved`) or bound for it (FORMAT.md section 12)."""
+
+    name: str
+    created: datetime
+    moved: bool
+    packs: tuple[str, ...]
+
+
 class Repository:
     """Use `Repository.init` or `Repository.open`; close it (or use `with`)."""
 
@@ -104,6 +118,8 @@ class Repository:
         #: Index files that failed authentication at the last sync (check names them,
         #: repair replaces them); their entries are missing from the local index.
         self.damaged_index_files: dict[str, str] = {}
+        #: The tier records read at the last sync, by name (damaged ones are left out).
+        self.tier_records: dict[str, TierRecord] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -235,7 +251,58 @@ class Repository:
             self.damaged_index_files.pop(name, None)
             self.index.add_file(name, ((p.pack_id, p.blobs) for p in doc.packs))
             added += 1
+        self.sync_tier_records()
         return added, len(gone)
+
+    def sync_tier_records(self) -> None:
+        """Read the tier records that appeared, forget those deleted, and give the index the
+        cold set they name."""
+        present = {info.name for info in self.backend.list("tier/")}
+        records = {n: r for n, r in self.tier_records.items() if n in present}
+        for name in sorted(present - set(records)):
+            try:
+                records[name] = self._read_tier_record(name)
+            except ObjectNotFoundError:
+                continue  # replaced by a tiering run between list and read
+            except (IntegrityError, KeyError, TypeError, ValueError) as e:
+                # Its packs count as warm: a backup may then depend on one of them (its
+                # restore needs a defreeze), which loses nothing. `check` names it.
+                log.warning("tier record %s is unreadable (%s); ignoring it", name, e)
+        self.tier_records = records
+        self._apply_cold()
+
+    def _apply_cold(self) -> None:
+        self.index.set_cold(
+            {pid for r in self.tier_records.values() for n in r.packs if (pid := _pack_id(n))}
+        )
+
+    def _read_tier_record(self, name: str) -> TierRecord:
+        data = self.backend.read(name)
+        _check_name_hash(name, data)
+        doc = open_document(self.keys, FileKind.TIER, data, name)
+        return TierRecord(
+            name,
+            datetime.fromisoformat(doc["created"]),
+            bool(doc["moved"]),
+            tuple(str(p) for p in doc["packs"]),
+        )
+
+    def write_tier_record(self, packs: list[str], *, moved: bool) -> TierRecord:
+        created = self.clock.now()
+        doc = {"v": 1, "created": created.isoformat(), "moved": moved, "packs": sorted(packs)}
+        data = seal_document(self.keys, FileKind.TIER, doc)
+        name = f"tier/{content_hash(data).hex()}"
+        self.backend.write(name, data)
+        record = TierRecord(name, created, moved, tuple(sorted(packs)))
+        self.tier_records[name] = record
+        self._apply_cold()
+        return record
+
+    def delete_tier_record(self, name: str) -> None:
+        with contextlib.suppress(ObjectNotFoundError):
+            self.backend.delete(name)
+        self.tier_records.pop(name, None)
+        self._apply_cold()
 
     def index_file_names(self) -> set[str]:
         return self.index.known_files()
@@ -406,6 +473,11 @@ class Repository:
             raise UsageError("refusing to remove the only key your password opens")
         self.backend.delete(target)
         return target
+
+
+def _pack_id(name: str) -> bytes | None:
+    parsed = parse_pack_name(name)
+    return parsed[1] if parsed else None
 
 
 def read_config(backend: Backend) -> tuple[configfmt.RepoConfig, str]:

@@ -53,13 +53,14 @@ class BlobWriter:
             if chunk_id in self._reserved:
                 return False
             self._reserved.add(chunk_id)
-        return not self.repo.index.contains(chunk_id)
+        # A copy only in the archive tier does not count: a warm restore must never wait.
+        return not self.repo.index.contains_warm(chunk_id)
 
     def known(self, chunk_id: bytes) -> bool:
         with self._lock:
             if chunk_id in self._reserved:
                 return True
-        return self.repo.index.contains(chunk_id)
+        return self.repo.index.contains_warm(chunk_id)
 
     def store(self, kind: BlobKind, chunk_id: bytes, payload: bytes, raw_length: int) -> None:
         """Add an encoded blob (codec byte + payload, see format.codec) to a pack."""

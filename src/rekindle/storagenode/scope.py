@@ -12,10 +12,10 @@ confidentiality of the structure, not of contents:
   the paths chosen (the tree packs of the restore point, the data packs of the chosen files);
 - a catalog token, which only the cloud holds for itself, reads everything and writes nothing
   but grants;
-- a maintenance token, which only the cloud holds for itself while it applies retention and
-  prunes, reads everything, adds packs, index files, garbage records and locks, and deletes
-  restore points, packs, index files, garbage records and its own locks; it never touches the
-  config or the keys.
+- a maintenance token, which only the cloud holds for itself while it applies retention,
+  prunes and moves cold data to the archive tier, reads everything, adds packs, index files,
+  garbage and tier records and locks, and deletes restore points, packs, index files, garbage
+  and tier records and its own locks; it never touches the config or the keys.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from rekindle.net.tokens import StorageClaims
 
 Op = Literal["read", "list", "write", "replace", "delete"]
 
-_METADATA = ("keys/", "index/", "locks/")
-_PRUNE_WRITES = ("data/", "tree/", "index/", "garbage/", "locks/")
-_PRUNE_DELETES = ("data/", "tree/", "index/", "garbage/", "locks/", "snapshots/")
+_METADATA = ("keys/", "index/", "tier/", "locks/")
+_PRUNE_WRITES = ("data/", "tree/", "index/", "garbage/", "tier/", "locks/")
+_PRUNE_DELETES = ("data/", "tree/", "index/", "garbage/", "tier/", "locks/", "snapshots/")
 _PACK = re.compile(r"^(data|tree)/([0-9a-f]{2})/\2[0-9a-f]{62}$")
 
 

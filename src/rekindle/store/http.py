@@ -27,6 +27,9 @@ from rekindle.core.errors import (
 )
 from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
 
+#: Pack names per tier request (bounded request bodies and answers).
+TIER_BATCH = 200
+
 
 class HttpBackend(Backend):
     def __init__(
@@ -119,6 +122,11 @@ class HttpBackend(Backend):
         )
         states: dict[str, str] = resp.json()["states"]
         return states
+
+    def archive_many(self, names: list[str]) -> None:
+        """Move data packs to the node's archive tier (the cloud's maintenance token)."""
+        for i in range(0, len(names), TIER_BATCH):
+            self.tier("archive", names[i : i + TIER_BATCH])
 
     def usage(self) -> dict[str, Any]:
         """The organization's bytes on the node and the node's filesystem (None on S3)."""

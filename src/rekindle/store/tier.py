@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from rekindle.core.clock import Clock, SystemClock
 from rekindle.core.errors import ArchivedError, ObjectExistsError, ObjectNotFoundError
@@ -62,6 +62,28 @@ def archive_of(backend: Backend) -> Archive | None:
             return seen
         seen = getattr(seen, "inner", None)
     return None
+
+
+def archiver_of(backend: Backend) -> Callable[[list[str]], None] | None:
+    """A function that moves a batch of data packs to the archive tier behind `backend`
+    (a storage node does it in one request per batch), if there is such a tier."""
+    seen: object = backend
+    while seen is not None:
+        many = getattr(seen, "archive_many", None)
+        if callable(many):
+            return cast(Callable[[list[str]], None], many)
+        if isinstance(seen, Archive):
+            return _one_by_one(seen)
+        seen = getattr(seen, "inner", None)
+    return None
+
+
+def _one_by_one(store: Archive) -> Callable[[list[str]], None]:
+    def archive(names: list[str]) -> None:
+        for name in names:
+            store.archive(name)
+
+    return archive
 
 
 class LocalArchiveBackend(Backend):

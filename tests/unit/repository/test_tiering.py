@@ -1,0 +1,268 @@
+"""The tiering protocol (FORMAT.md section 12) on a local archive tier: packs only cold
+restore points use move, mixed packs keep their warm blobs warm, backups never deduplicate
+against an archived pack, a backup that started before the mark keeps what it used warm,
+and a run concurrent with backups and warm restores loses nothing and never makes a warm
+restore wait for a thaw."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from rekindle.core.clock import FakeClock
+from rekindle.core.errors import UsageError
+from rekindle.format.snapshot import Snapshot
+from rekindle.repository.backup import BackupOptions, backup
+from rekindle.repository.check import check
+from rekindle.repository.forget import forget_ids
+from rekindle.repository.locks import Lock
+from rekindle.repository.prune import prune
+from rekindle.repository.reach import restore_needs
+from rekindle.repository.repo import Repository
+from rekindle.repository.restore import restore
+from rekindle.repository.tiering import tier
+from rekindle.store.memory import MemoryBackend
+from rekindle.store.tier import LocalArchiveBackend, TierState
+from tests.helpers import PASSWORD, make_repo, tree_differences
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+COLD_AFTER = timedelta(days=90)
+
+
+def _cold(clock: FakeClock) -> object:
+    def is_cold(snap: Snapshot) -> bool:
+        return snap.time < clock.now() - COLD_AFTER
+
+    return is_cold
+
+
+def _states(b: LocalArchiveBackend) -> dict[str, TierState]:
+    return {i.name: b.tier_state(i.name) for i in b.list("data/")}
+
+
+def _backup(repo: Repository, src: Path) -> Snapshot:
+    return backup(repo, BackupOptions(paths=[str(src)], estimate=False, parent=None)).snapshot
+
+
+def _restored(tmp: Path, src: Path) -> Path:
+    return tmp / str(src).lstrip("/")
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> tuple[LocalArchiveBackend, FakeClock]:
+    clock = FakeClock(T0)
+    # An hour per thaw: a restore that needed one could not finish within a test.
+    b = LocalArchiveBackend(
+        tmp_path / "warm", tmp_path / "archive", clock=clock, thaw_delay=timedelta(hours=1)
+    )
+    return b, clock
+
+
+def test_cold_only_and_mixed_packs_move_and_warm_data_stays_warm(
+    tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
+) -> None:
+    b, clock = archive
+    src = tmp_path / "src"
+    src.mkdir()
+    old_only = os.urandom(150_000)
+    (src / "old-only.bin").write_bytes(old_only)
+    (src / "shared.bin").write_bytes(os.urandom(30_000))
+    with make_repo(b, tmp_path / "cache", clock=clock) as repo:
+        old = _backup(repo, src)
+        old_packs = set(_states(b))
+        (src / "old-only.bin").unlink()
+        (src / "new.bin").write_bytes(os.urandom(40_000))
+        clock.advance(100 * 86400)
+        new = _backup(repo, src)
+        new_packs = set(_states(b)) - old_packs
+
+        report = tier(repo, _cold(clock), grace=timedelta(0))
+
+        # the old pack mixed old-only.bin (cold) with shared.bin (warm): shared.bin was
+        # copied out, then the pack moved; the new point's packs stayed warm
+        assert report.snapshots_cold == 1 and report.snapshots_warm == 1
+        assert report.packs_mixed >= 1 and report.blobs_copied >= 1
+        assert report.packs_moved == len(old_packs) == report.packs_cold
+        states = _states(b)
+        assert all(states[p] is TierState.ARCHIVED for p in old_packs)
+        assert all(s is TierState.WARM for p, s in states.items() if p not in old_packs)
+        assert new_packs <= set(states)
+
+        # a warm restore reads no archived pack: it plans none and never waits
+        assert not set(restore_needs(repo, new, []).packs) & old_packs
+        stats = restore(repo, new, tmp_path / "r-new")
+        assert not stats.errors
+        assert tree_differences(src, _restored(tmp_path / "r-new", src)) == []
+
+        # the cold point's restore needs the archived pack for old-only.bin only; it
+        # cannot run before a thaw, and restores byte for byte after one
+        assert set(restore_needs(repo, old, []).packs) & old_packs
+        assert not set(restore_needs(repo, old, [str(src / "shared.bin")]).packs) & old_packs
+        assert restore(repo, old, tmp_path / "r-cold").errors
+        for name in old_packs:
+            b.thaw(name, days=1)
+        clock.advance(3600)
+        assert all(b.tier_state(n) is TierState.THAWED for n in old_packs)
+        assert not restore(repo, old, tmp_path / "r-old").errors
+        restored = _restored(tmp_path / "r-old", src)
+        assert (restored / "old-only.bin").read_bytes() == old_only
+        assert (restored / "shared.bin").read_bytes() == (src / "shared.bin").read_bytes()
+
+        # a backup holding old-only.bin again does not deduplicate against the archive
+        # (thawed or not: the thawed copy expires), so its restore needs no thaw
+        (src / "old-only.bin").write_bytes(old_only)
+        clock.advance(86400)
+        again = _backup(repo, src)
+        assert not set(restore_needs(repo, again, []).packs) & old_packs
+        assert not restore(repo, again, tmp_path / "r-again").errors
+        # ... and the cold point's restore now finds old-only.bin warm too
+        assert not set(restore_needs(repo, old, []).packs) & old_packs
+
+        # a second run finds nothing new; check passes with the archived packs as warnings
+        again_report = tier(repo, _cold(clock), grace=timedelta(0))
+        assert again_report.packs_marked == 0 and again_report.packs_cold == len(old_packs)
+        assert check(repo).ok
+
+        # forget the cold point: prune deletes the archived pack, and the next tiering run
+        # drops it from its records
+        forget_ids(repo, [old.id])
+        pruned = prune(repo, grace=timedelta(0))
+        assert pruned.packs_deleted >= len(old_packs)
+        assert not old_packs & set(_states(b))
+        assert tier(repo, _cold(clock), grace=timedelta(0)).packs_cold == 0
+        assert not repo.index.cold
+        assert check(repo, read_data=True).ok
+
+
+def test_a_backup_older_than_the_mark_keeps_what_it_used_warm(
+    tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
+) -> None:
+    b, clock = archive
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(100_000))
+    with make_repo(b, tmp_path / "cache", clock=clock) as repo:
+        old = _backup(repo, src)
+        clock.advance(100 * 86400)
+        other = Repository.open(b, PASSWORD, cache_root=tmp_path / "cache2", clock=clock)
+        with other, Lock(other, "backup"):
+            # the backup took its lock and read the index before the mark ...
+            clock.advance(1)
+            report = tier(repo, _cold(clock), grace=timedelta(0))
+            assert report.packs_marked == 1 and report.packs_moved == 0
+            assert report.records_waiting == 1
+            # ... and deduplicated against the pack: its restore point uses every blob
+            clock.advance(1)
+            other.write_snapshot(replace(old, time=clock.now(), id=""))
+        clock.advance(1)
+        report = tier(repo, _cold(clock), grace=timedelta(0))
+        assert report.packs_kept_warm == 1 and report.packs_moved == 0
+        assert all(s is TierState.WARM for s in _states(b).values())
+        assert not repo.index.cold and not repo.tier_records
+
+
+def test_tiering_needs_an_archive_tier(tmp_path: Path) -> None:
+    with (
+        make_repo(MemoryBackend(), None) as repo,
+        pytest.raises(UsageError, match="no archive tier"),
+    ):
+        tier(repo, lambda _s: True)
+
+
+def test_tiering_concurrent_with_backups_and_warm_restores_loses_nothing(
+    tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
+) -> None:
+    b, clock = archive
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}.bin").write_bytes(os.urandom(60_000))
+    contents: dict[str, dict[str, bytes]] = {}
+
+    def remember(snap: Snapshot) -> None:
+        contents[snap.id] = {p.name: p.read_bytes() for p in src.iterdir()}
+
+    with make_repo(b, tmp_path / "cache", clock=clock) as repo:
+        for _day in range(3):  # three cold points; all files but f5 change after each
+            remember(_backup(repo, src))
+            for i in range(5):
+                (src / f"f{i}.bin").write_bytes(os.urandom(60_000))
+            clock.advance(86400)
+        clock.advance(100 * 86400)
+        warm = _backup(repo, src)
+        remember(warm)
+
+        errors: list[BaseException] = []
+        stop = threading.Event()
+        warm_restores = 0
+
+        def backups() -> None:
+            with Repository.open(b, PASSWORD, cache_root=tmp_path / "c-b", clock=clock) as r:
+                n = 0
+                while not stop.is_set() and n < 4:
+                    (src / f"new{n}.bin").write_bytes(os.urandom(50_000))
+                    remember(_backup(r, src))
+                    n += 1
+
+        def restores() -> None:
+            nonlocal warm_restores
+            with Repository.open(b, PASSWORD, cache_root=tmp_path / "c-r", clock=clock) as r:
+                while not stop.is_set():
+                    target = tmp_path / f"wr{warm_restores}"
+                    stats = restore(r, warm, target)
+                    assert not stats.errors, stats.errors  # never an archived pack
+                    got = {p.name: p.read_bytes() for p in _restored(target, src).iterdir()}
+                    assert got == contents[warm.id]
+                    warm_restores += 1
+
+        def guarded(fn: object) -> threading.Thread:
+            def run() -> None:
+                try:
+                    fn()  # type: ignore[operator]
+                except BaseException as e:  # reported below
+                    errors.append(e)
+
+            return threading.Thread(target=run)
+
+        threads = [guarded(backups), guarded(restores)]
+        for t in threads:
+            t.start()
+        while not any(b.list("locks/")) and not errors:  # the first backup is running
+            threading.Event().wait(0.01)
+        marked = moved = 0
+        for _ in range(3):  # marks; moves wait for the running backup's lock
+            report = tier(repo, _cold(clock), grace=timedelta(0))
+            marked, moved = marked + report.packs_marked, moved + report.packs_moved
+        threads[0].join()
+        restores_before = warm_restores
+        moved += tier(repo, _cold(clock), grace=timedelta(0)).packs_moved  # restores go on
+        while warm_restores == restores_before and not errors:
+            threading.Event().wait(0.05)
+        stop.set()
+        threads[1].join()
+        assert not errors, errors
+        assert marked > 0 and moved > 0
+
+        # every warm point restores without a thaw; every point restores after one
+        assert check(repo).ok
+        snaps = repo.snapshots()
+        assert len(snaps) == len(contents)
+        for snap in snaps:
+            if snap.time >= clock.now() - COLD_AFTER:
+                stats = restore(repo, snap, tmp_path / f"w-{snap.id}")
+                assert not stats.errors, stats.errors
+        for name, state in _states(b).items():
+            if state is TierState.ARCHIVED:
+                b.thaw(name, days=1)
+        clock.advance(3600)
+        for snap in snaps:
+            target = tmp_path / f"all-{snap.id}"
+            assert not restore(repo, snap, target).errors
+            got = {p.name: p.read_bytes() for p in _restored(target, src).iterdir()}
+            assert got == contents[snap.id]
+        assert check(repo, read_data=True).ok
