@@ -281,6 +281,22 @@ def next_minute() -> str:
 def cloud_and_node(tmp_path: Path) -> Iterator[tuple[CloudState, Path, FakeClock]]:
     """A cloud in this process on an injected clock (START_2024), its default storage a real
     storage node process on local disk; (cloud state, the node's data directory, clock)."""
+    with cloud_with_node(tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+def cloud_and_archive_node(tmp_path: Path) -> Iterator[tuple[CloudState, Path, FakeClock]]:
+    """`cloud_and_node` with a local archive tier in tmp_path/archive (thaws take 2 s)."""
+    node_args = ("--archive-dir", str(tmp_path / "archive"), "--thaw-delay-s", "2")
+    with cloud_with_node(tmp_path, node_args) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def cloud_with_node(
+    tmp_path: Path, node_args: tuple[str, ...] = ()
+) -> Iterator[tuple[CloudState, Path, FakeClock]]:
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
     clock = FakeClock(START_2024)
@@ -293,7 +309,16 @@ def cloud_and_node(tmp_path: Path) -> Iterator[tuple[CloudState, Path, FakeClock
     log = tmp_path / "storage.log"
     with log.open("wb") as out:
         node = subprocess.Popen(
-            [REKINDLE, "storage", "serve", "--data-dir", str(node_dir), "--port", str(port)],
+            [
+                REKINDLE,
+                "storage",
+                "serve",
+                "--data-dir",
+                str(node_dir),
+                "--port",
+                str(port),
+                *node_args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "REKINDLE_CACHE_DIR": str(tmp_path / "cache")},
@@ -308,3 +333,44 @@ def cloud_and_node(tmp_path: Path) -> Iterator[tuple[CloudState, Path, FakeClock
 
 
 START_2024 = datetime(2024, 1, 1, 22, 0, tzinfo=UTC)
+
+
+@dataclass
+class Tenant:
+    """An organization with one enrolled server and a backup set of `src`, made through the
+    cloud's services, and the key of its repository (for the engine to write to directly)."""
+
+    actor: Any
+    org_id: int
+    key: bytes
+    server_id: int
+    backup_set_id: int
+    src: Path
+
+
+def tenant(state: CloudState, src: Path, hostname: str = "web1") -> Tenant:
+    from rekindle.cloud.models import Organization
+    from rekindle.cloud.services import Actor
+    from rekindle.net import pki
+    from rekindle.net import protocol as p
+
+    svc = state.services
+    org_id, _password = svc.create_organization("acme", "admin@acme.test", "correct horse")
+    admin = svc.list_admins_by_email("admin@acme.test")
+    actor = Actor(admin.id, admin.org_id, admin.role)
+    with svc.db.session() as s:
+        org = s.get(Organization, org_id)
+        assert org is not None
+        key = svc.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
+    token = svc.create_activation_token(actor, svc.list_groups(actor)[0].id)
+    server = svc.enroll(
+        p.EnrollRequest(
+            token=token,
+            hostname=hostname,
+            os="Linux",
+            csr_pem=pki.make_csr(pki.new_key(), hostname).decode(),
+        )
+    ).server_id
+    src.mkdir(exist_ok=True)
+    backup_set = svc.create_backup_set(actor, server, "files", [str(src)], [])
+    return Tenant(actor, org_id, key, server, backup_set.id, src)

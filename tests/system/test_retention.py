@@ -13,8 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from rekindle.cloud.app import CloudState
-from rekindle.cloud.models import Organization, RestorePoint
-from rekindle.cloud.services import Actor
+from rekindle.cloud.models import RestorePoint
 from rekindle.core.clock import FakeClock
 from rekindle.repository.backup import BackupOptions, backup
 from rekindle.repository.check import check
@@ -22,7 +21,7 @@ from rekindle.repository.repo import Repository, Secret
 from rekindle.repository.restore import restore
 from rekindle.store.local import LocalBackend
 from tests.cloud.test_retention import _kept_by_the_rules
-from tests.system.conftest import START_2024, installation
+from tests.system.conftest import START_2024, installation, tenant
 
 DAYS = 730
 START = START_2024
@@ -37,29 +36,8 @@ def test_two_years_of_daily_backups_then_a_retention_run(
 ) -> None:
     state, node_dir, clock = cloud_and_node
     svc = state.services
-    org_id, _password = svc.create_organization("acme", "admin@acme.test", "correct horse")
-    admin = svc.list_admins_by_email("admin@acme.test")
-    actor = Actor(admin.id, admin.org_id, admin.role)
-    with svc.db.session() as s:
-        org = s.get(Organization, org_id)
-        assert org is not None
-        key = svc.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
-    group = svc.list_groups(actor)[0]
-    token = svc.create_activation_token(actor, group.id)
-    from rekindle.net import pki
-    from rekindle.net import protocol as p
-
-    server = svc.enroll(
-        p.EnrollRequest(
-            token=token,
-            hostname="web1",
-            os="Linux",
-            csr_pem=pki.make_csr(pki.new_key(), "web1").decode(),
-        )
-    ).server_id
-    src = tmp_path / "src"
-    src.mkdir()
-    backup_set = svc.create_backup_set(actor, server, "files", [str(src)], [])
+    org = tenant(state, tmp_path / "src")
+    actor, org_id, key, server, src = org.actor, org.org_id, org.key, org.server_id, org.src
 
     # Two years of daily backups straight into the node's directory: each day adds a file of
     # its own and drops the one from ten days before, so old data lives only in old points.
@@ -85,7 +63,7 @@ def test_two_years_of_daily_backups_then_a_retention_run(
             RestorePoint(
                 org_id=org_id,
                 server_id=server,
-                backup_set_id=backup_set.id,
+                backup_set_id=org.backup_set_id,
                 snapshot_id=sid,
                 time=t,
                 paths=[str(src)],

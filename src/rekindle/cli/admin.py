@@ -219,17 +219,41 @@ def stats(as_json: JsonOpt = False) -> None:
     sys.stdout.write(
         f"{res['restore_points']} restore points: {res['raw_bytes']} bytes backed up, "
         f"{res['stored_bytes']} stored (ratio {ratio if ratio else '-'}); "
-        f"warm {res['warm_bytes']}, cold {res['cold_bytes']}\n"
+        + (
+            f"warm {res['warm_bytes']}, cold {res['cold_bytes']}\n"
+            if res["warm_bytes"] is not None
+            else "warm and cold bytes: not measured yet (the daily retention run does)\n"
+        )
     )
     show(
         res["servers"],
         False,
-        ["id", "hostname", "restore_points", "latest_bytes", "stored_bytes", "last_backup"],
+        [
+            "id",
+            "hostname",
+            "restore_points",
+            "latest_bytes",
+            "stored_bytes",
+            "dedup_ratio",
+            "warm_bytes",
+            "cold_bytes",
+            "last_backup",
+        ],
     )
     show(
         res["storages"],
         False,
-        ["id", "name", "used_bytes", "total_bytes", "percent", "checked"],
+        [
+            "id",
+            "name",
+            "used_bytes",
+            "total_bytes",
+            "percent",
+            "warm_bytes",
+            "cold_bytes",
+            "dedup_ratio",
+            "checked",
+        ],
     )
 
 

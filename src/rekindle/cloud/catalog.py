@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +27,7 @@ from rekindle.repository.forget import forget_ids
 from rekindle.repository.prune import PruneReport, prune
 from rekindle.repository.reach import restore_needs
 from rekindle.repository.repo import Repository, Secret
+from rekindle.repository.tiering import StoredUsage, TierReport, stored_usage, tier
 from rekindle.store.http import HttpBackend
 from rekindle.store.retry import RetryingBackend
 
@@ -203,11 +204,16 @@ class StorageCatalog:
         grace: timedelta,
         progress: Callable[[str], None],
         forgotten: Callable[[], None],
+        cold: Callable[[], set[str]] = set,
+        server_of: Mapping[str, int] | None = None,
     ) -> MaintenanceReport:
         """Delete the restore points `snapshots` from the repository, call `forgotten` (the
         catalog drops them before anything else can fail), prune what no restore point uses
-        any more, and check the repository's structure. Runs with a maintenance token whose
-        job number (-run_id) owns the prune lock on the node."""
+        any more, and check the repository's structure. On a node with an archive tier, move
+        what only the restore points `cold()` names use there (tiering; asked after the
+        restore points are deleted). Then measure warm and cold bytes, per server by
+        `server_of` (snapshot id -> server id). Runs with a maintenance token whose job
+        number (-run_id) owns the prune and tier locks on the node."""
         out = MaintenanceReport()
         with self._node(storage_url, org) as http:
             if not http.exists("config"):
@@ -215,7 +221,7 @@ class StorageCatalog:
                 return out
         with self._repository(
             storage_url, org, repo_key, access="maintenance", job=-run_id, what="the repository"
-        ) as (repo, _http):
+        ) as (repo, node):
             if snapshots:
                 progress(f"deleting {len(snapshots)} restore point(s)")
                 out.removed = forget_ids(repo, snapshots)
@@ -224,6 +230,18 @@ class StorageCatalog:
             out.prune = prune(repo, grace=grace, progress=progress)
             progress("checking the repository's structure")
             out.check_errors = check(repo, read_data=False, progress=progress).errors
+            if not out.check_errors and node.tier_info().get("archive"):
+                cold_ids = cold()
+                progress(f"tiering: {len(cold_ids)} cold restore point(s)")
+                out.tier = tier(
+                    repo, lambda snap: snap.id in cold_ids, grace=grace, progress=progress
+                )
+            progress("measuring warm and cold bytes")
+            servers = server_of or {}
+            found = servers.get
+            out.usage = stored_usage(
+                repo, lambda snap: str(sid) if (sid := found(snap.id)) is not None else None
+            )
         return out
 
 
@@ -233,3 +251,5 @@ class MaintenanceReport:
     prune: PruneReport | None = None
     check_errors: list[str] = field(default_factory=list)
     no_repository: bool = False
+    tier: TierReport | None = None
+    usage: StoredUsage | None = None

@@ -1,7 +1,9 @@
 """Retention runs: each day (and when an admin asks, or saves a shorter retention) the cloud
 removes from each organization's repository on each storage the restore points their backup
 policy no longer keeps, prunes the space only they used, and checks the repository's
-structure.
+structure. On a storage with an archive tier it then moves the data only restore points
+older than their policy's cold-after days use to that tier (the engine's tiering, FORMAT.md
+section 12), and it measures warm and cold bytes per organization, storage and server.
 
 The cloud does this itself because it holds the keys (a storage node never does). It opens the
 repository through the storage node with a maintenance token, which may delete restore points
@@ -31,9 +33,11 @@ from rekindle.cloud.models import (
     Server,
     ServerGroup,
     Storage,
+    StorageTier,
 )
 from rekindle.cloud.services import Actor, CloudServices, NotFoundError, _must
 from rekindle.core.errors import RekindleError
+from rekindle.repository.tiering import StoredUsage
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +166,7 @@ class Maintenance:
             doomed = retention.expired(s, run.org_id, storage_id=run.storage_id)
             snapshots = {rp.id: rp.snapshot_id for rp in doomed}
             names = {rp.id: self._describe(s, rp) for rp in doomed}
-            storage_url, org_id = storage.url, org.id
+            storage_url, org_id, storage_id = storage.url, org.id, storage.id
             key = self.svc.kek.open(org.repo_key_sealed, f"org:{org.id}".encode())
 
         def progress(message: str) -> None:
@@ -204,6 +208,22 @@ class Maintenance:
                         .values(removed=len(snapshots))
                     )
 
+            def cold() -> set[str]:
+                # Asked after the expired points are gone; a restore queued since keeps
+                # its restore point warm.
+                with self.svc.db.session() as s2:
+                    return set(
+                        retention.cold_points(s2, org_id, storage_id, self.svc.now()).values()
+                    )
+
+            with self.svc.db.session() as s:
+                server_of = dict(
+                    s.execute(
+                        select(RestorePoint.snapshot_id, RestorePoint.server_id).where(
+                            RestorePoint.org_id == org_id
+                        )
+                    ).all()
+                )
             report = self.svc.catalog.expire_and_prune(
                 storage_url,
                 org_id,
@@ -213,6 +233,8 @@ class Maintenance:
                 grace=self.prune_grace,
                 progress=progress,
                 forgotten=forgotten,
+                cold=cold,
+                server_of=server_of,
             )
         except Exception as e:  # the run fails with its reason; the next run tries again
             log.exception("retention run %d failed", run_id)
@@ -254,7 +276,12 @@ class Maintenance:
                 lines += [f"  {names[i]}" for i in sorted(removed or {}) if names]
                 lines.append(f"prune: {prune}")
                 lines += [f"check: {e}" for e in report.check_errors] or ["check: no errors"]
+                if report.tier is not None:
+                    lines.append(f"tiering: {report.tier}")
+                    run.bytes_archived = report.tier.bytes_moved
                 run.report = "\n".join(lines)
+                if report.usage is not None:
+                    self._record_tiers(s, run, report.usage)
             if error is not None or (report is not None and report.check_errors):
                 run.state = "failed"
                 run.error = error or "the repository check found errors: " + "; ".join(
@@ -275,9 +302,29 @@ class Maintenance:
                     "info",
                     "retention.done",
                     f"retention run {run.id} on {where} removed {run.removed} restore point(s) "
-                    f"and freed {run.bytes_freed} bytes",
+                    f"and freed {run.bytes_freed} bytes"
+                    + (
+                        f"; moved {run.bytes_archived} bytes to the archive tier"
+                        if run.bytes_archived
+                        else ""
+                    ),
                 )
             return run
+
+    def _record_tiers(self, s: Any, run: MaintenanceRun, usage: StoredUsage) -> None:
+        row = s.get(StorageTier, (run.org_id, run.storage_id))
+        if row is None:
+            row = StorageTier(org_id=run.org_id, storage_id=run.storage_id)
+            s.add(row)
+        row.warm_bytes, row.cold_bytes = usage.warm_bytes, usage.cold_bytes
+        row.cold_packs, row.measured = usage.cold_packs, self.svc.now()
+        servers = s.scalars(
+            select(Server)
+            .join(ServerGroup, Server.group_id == ServerGroup.id)
+            .where(Server.org_id == run.org_id, ServerGroup.storage_id == run.storage_id)
+        )
+        for server in servers:
+            server.warm_bytes, server.cold_bytes = usage.by_group.get(str(server.id), (0, 0))
 
     def _fail_stale(self) -> None:
         cutoff = self.svc.now() - STALE

@@ -163,6 +163,10 @@ class Server(Base):
     #: report and result, and reset when the cloud sees its long-poll connection drop.
     connected_until: Mapped[datetime | None]
     free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: From the last retention run on its storage: stored bytes its restore points use, in
+    #: warm packs and in packs moved to the archive tier (shared data counts for each server).
+    warm_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    cold_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class BackupSet(Base):
@@ -277,8 +281,23 @@ class MaintenanceRun(Base):
     heartbeat: Mapped[datetime | None]
     removed: Mapped[int] = mapped_column(Integer, default=0)
     bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Bytes this run moved to the archive tier (tiering; 0 on a storage without one).
+    bytes_archived: Mapped[int] = mapped_column(BigInteger, default=0)
     report: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class StorageTier(Base):
+    """An organization's bytes on a storage, warm and in the archive tier, as the last
+    retention run measured them."""
+
+    __tablename__ = "storage_tiers"
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    storage_id: Mapped[int] = mapped_column(ForeignKey("storages.id"), primary_key=True)
+    warm_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    cold_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    cold_packs: Mapped[int] = mapped_column(Integer, default=0)
+    measured: Mapped[datetime]
 
 
 class OutboundEmail(Base):

@@ -121,6 +121,39 @@ def newly_expired(
     return [rp for rp in after if rp.id not in before]
 
 
+def cold_points(s: Session, org_id: int, storage_id: int, now: datetime) -> dict[int, str]:
+    """The restore points of `org_id` on `storage_id` older than their policy's cold-after
+    days (restore id -> snapshot id): what tiering may move to the archive tier. A server
+    whose group has no policy counts with the default of 90 days; a restore point a restore
+    reads stays warm under it."""
+    groups = {
+        g.id: g
+        for g in s.scalars(
+            select(ServerGroup).where(
+                ServerGroup.org_id == org_id, ServerGroup.storage_id == storage_id
+            )
+        )
+    }
+    policies = {
+        p.id: p for p in s.scalars(select(BackupPolicy).where(BackupPolicy.org_id == org_id))
+    }
+    cold_after: dict[int, timedelta] = {}
+    for x in s.scalars(select(Server).where(Server.org_id == org_id)):
+        group = groups.get(x.group_id)
+        if group is None:
+            continue
+        policy = policies.get(group.policy_id) if group.policy_id is not None else None
+        cold_after[x.id] = timedelta(days=policy.cold_after_days if policy else 90)
+    in_use = restore_points_in_use(s, org_id)
+    return {
+        rp.id: rp.snapshot_id
+        for rp in s.scalars(select(RestorePoint).where(RestorePoint.org_id == org_id))
+        if rp.server_id in cold_after
+        and rp.time < now - cold_after[rp.server_id]
+        and rp.id not in in_use
+    }
+
+
 def storages_of_policy(s: Session, policy_id: int) -> Iterable[int]:
     groups = s.scalars(select(ServerGroup).where(ServerGroup.policy_id == policy_id))
     return {g.storage_id for g in groups}

@@ -35,6 +35,7 @@ from rekindle.cloud.models import (
     Server,
     ServerGroup,
     Storage,
+    StorageTier,
 )
 from rekindle.cloud.security import (
     ROLES,
@@ -491,36 +492,43 @@ class CloudServices:
             return storage
 
     def statistics(self, actor: Actor) -> dict[str, Any]:
-        """What the organization has stored: in all, per server and per storage. Until the
-        archive tier exists every byte is warm."""
+        """What the organization has stored: in all, per server and per storage. Warm and cold
+        bytes are those the last retention run measured on each storage (None before one
+        ran); `stored_bytes` sums what each backup added."""
         points = self.list_restore_points(actor)
         raw = sum(p.bytes for p in points)
         stored = sum(p.bytes_added for p in points)
+        storages = self.storage_usage(actor)
+        measured = [x for x in storages if x["warm_bytes"] is not None]
         by_server: dict[int, list[RestorePoint]] = {}
         for rp in points:  # newest first
             by_server.setdefault(rp.server_id, []).append(rp)
         servers = []
         for server in self.list_servers(actor):
             mine = by_server.get(server.id, [])
+            added = sum(p.bytes_added for p in mine)
             servers.append(
                 {
                     "id": server.id,
                     "hostname": server.hostname,
                     "restore_points": len(mine),
                     "latest_bytes": mine[0].bytes if mine else 0,
-                    "stored_bytes": sum(p.bytes_added for p in mine),
+                    "stored_bytes": added,
+                    "dedup_ratio": _ratio(sum(p.bytes for p in mine), added),
+                    "warm_bytes": server.warm_bytes,
+                    "cold_bytes": server.cold_bytes,
                     "last_backup": mine[0].time if mine else None,
                 }
             )
         return {
             "raw_bytes": raw,
             "stored_bytes": stored,
-            "dedup_ratio": round(raw / stored, 2) if stored else None,
-            "warm_bytes": stored,
-            "cold_bytes": 0,
+            "dedup_ratio": _ratio(raw, stored),
+            "warm_bytes": sum(x["warm_bytes"] for x in measured) if measured else None,
+            "cold_bytes": sum(x["cold_bytes"] for x in measured) if measured else None,
             "restore_points": len(points),
             "servers": servers,
-            "storages": self.storage_usage(actor),
+            "storages": storages,
         }
 
     def storage_usage(self, actor: Actor) -> list[dict[str, Any]]:
@@ -531,20 +539,48 @@ class CloudServices:
                     select(ServerGroup.storage_id).where(ServerGroup.org_id == actor.org_id)
                 ).all()
             )
-            return [
-                {
-                    "id": x.id,
-                    "name": x.name,
-                    "used_bytes": x.used_bytes,
-                    "total_bytes": x.total_bytes,
-                    "percent": round(100 * x.used_bytes / x.total_bytes, 1)
-                    if x.used_bytes is not None and x.total_bytes
-                    else None,
-                    "checked": x.checked,
-                }
-                for x in s.scalars(select(Storage).order_by(Storage.id))
-                if x.id in used_ids
-            ]
+            tiers = {
+                t.storage_id: t
+                for t in s.scalars(select(StorageTier).where(StorageTier.org_id == actor.org_id))
+            }
+            raw: dict[int, int] = {}
+            for rp_bytes, storage_id in s.execute(
+                select(RestorePoint.bytes, ServerGroup.storage_id)
+                .join(Server, RestorePoint.server_id == Server.id)
+                .join(ServerGroup, Server.group_id == ServerGroup.id)
+                .where(RestorePoint.org_id == actor.org_id)
+            ):
+                raw[storage_id] = raw.get(storage_id, 0) + rp_bytes
+            out = []
+            for x in s.scalars(select(Storage).order_by(Storage.id)):
+                if x.id not in used_ids:
+                    continue
+                tier = tiers.get(x.id)
+                out.append(
+                    {
+                        "id": x.id,
+                        "name": x.name,
+                        "warm_bytes": tier.warm_bytes if tier else None,
+                        "cold_bytes": tier.cold_bytes if tier else None,
+                        "tiers_measured": tier.measured if tier else None,
+                        "dedup_ratio": _ratio(
+                            raw.get(x.id, 0), tier.warm_bytes + tier.cold_bytes if tier else 0
+                        ),
+                        **self._capacity(x),
+                    }
+                )
+            return out
+
+    @staticmethod
+    def _capacity(x: Storage) -> dict[str, Any]:
+        return {
+            "used_bytes": x.used_bytes,
+            "total_bytes": x.total_bytes,
+            "percent": round(100 * x.used_bytes / x.total_bytes, 1)
+            if x.used_bytes is not None and x.total_bytes
+            else None,
+            "checked": x.checked,
+        }
 
     def list_storages(self, actor: Actor) -> list[Storage]:
         del actor
@@ -1860,6 +1896,10 @@ _POLICY_FIELDS = {
     "retention",
     "cold_after_days",
 }
+
+
+def _ratio(raw: int, stored: int) -> float | None:
+    return round(raw / stored, 2) if stored else None
 
 
 def policy_fields(fields: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:

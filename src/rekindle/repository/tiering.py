@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from rekindle.core.errors import DamageFoundError, UsageError
@@ -246,3 +246,49 @@ def _data_pack(name: str) -> bytes | None:
     if parsed is None or parsed[0] is not BlobKind.DATA:
         return None
     return parsed[1]
+
+
+@dataclass
+class StoredUsage:
+    """Where a repository's bytes are: in warm packs or in packs moved to the archive tier.
+
+    `by_group` gives, per group of restore points (the cloud: per server), the stored bytes
+    of the blobs its restore points use, split the same way; a blob several groups share
+    counts for each of them (deduplication across servers)."""
+
+    warm_bytes: int = 0
+    cold_bytes: int = 0
+    cold_packs: int = 0
+    by_group: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def stored_usage(repo: Repository, group_of: Callable[[Snapshot], str | None]) -> StoredUsage:
+    """Measure warm and cold bytes (restore points `group_of` puts in no group are left
+    out of `by_group`)."""
+    snaps = _read_all_snapshots(repo)
+    repo.sync_index()
+    moved = {p for r in repo.tier_records.values() if r.moved for p in r.packs}
+    moved_ids = {pid for name in moved if (pid := _data_pack(name)) is not None}
+    out = StoredUsage()
+    for prefix in ("data/", "tree/"):
+        for info in repo.backend.list(prefix):
+            if info.name in moved:
+                out.cold_bytes += info.size
+                out.cold_packs += 1
+            else:
+                out.warm_bytes += info.size
+    groups: dict[str, list[Snapshot]] = {}
+    for snap in snaps:
+        key = group_of(snap)
+        if key is not None:
+            groups.setdefault(key, []).append(snap)
+    for key, members in sorted(groups.items()):
+        warm = cold = 0
+        for locations in repo.index.lookup_many(_used_ids(repo, members)).values():
+            length = locations[0].entry.length
+            if all(loc.pack in moved_ids for loc in locations):
+                cold += length
+            else:
+                warm += length
+        out.by_group[key] = (warm, cold)
+    return out

@@ -25,7 +25,7 @@ from rekindle.repository.prune import prune
 from rekindle.repository.reach import restore_needs
 from rekindle.repository.repo import Repository
 from rekindle.repository.restore import restore
-from rekindle.repository.tiering import tier
+from rekindle.repository.tiering import stored_usage, tier
 from rekindle.store.memory import MemoryBackend
 from rekindle.store.tier import LocalArchiveBackend, TierState
 from tests.helpers import PASSWORD, make_repo, tree_differences
@@ -92,6 +92,14 @@ def test_cold_only_and_mixed_packs_move_and_warm_data_stays_warm(
         assert all(states[p] is TierState.ARCHIVED for p in old_packs)
         assert all(s is TierState.WARM for p, s in states.items() if p not in old_packs)
         assert new_packs <= set(states)
+
+        # the measure of warm and cold bytes agrees, per restore point group too
+        usage = stored_usage(repo, lambda snap: "old" if snap.id == old.id else "new")
+        assert usage.cold_bytes == report.bytes_cold > 0 and usage.cold_packs == len(old_packs)
+        assert usage.warm_bytes > 0
+        assert usage.by_group["new"][1] == 0 and usage.by_group["new"][0] > 0
+        assert usage.by_group["old"][1] >= len(old_only) // 2  # old-only.bin, compressed or not
+        assert usage.by_group["old"][0] > 0  # shared.bin stayed warm
 
         # a warm restore reads no archived pack: it plans none and never waits
         assert not set(restore_needs(repo, new, []).packs) & old_packs
