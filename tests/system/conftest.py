@@ -273,7 +273,9 @@ def product() -> Iterator[Product]:
 
 
 def next_minute() -> str:
-    t = datetime.now(UTC) + timedelta(minutes=1)
+    """A start time 30 to 90 seconds ahead: the command that sets it must reach the cloud
+    before that minute begins, or the schedule fires only the next day."""
+    t = datetime.now(UTC) + timedelta(seconds=90)
     return f"{t:%H:%M}"
 
 

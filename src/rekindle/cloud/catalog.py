@@ -20,6 +20,7 @@ from typing import Any
 
 from rekindle.core.errors import RekindleError, UsageError
 from rekindle.format.registry import NodeType
+from rekindle.format.snapshot import Snapshot
 from rekindle.net import tokens
 from rekindle.repository.browse import list_dir
 from rekindle.repository.check import check
@@ -149,7 +150,7 @@ class StorageCatalog:
             if register:
                 http.register_grant(digest, body)
             archived, estimate = self._archived(
-                http, [p for p in needs.packs if p.startswith("data/")]
+                http, [p for p in needs.preferred if p.startswith("data/")]
             )
             size = sum(http.stat(name).size for name in archived)
         return RestorePlan(
@@ -231,11 +232,8 @@ class StorageCatalog:
             progress("checking the repository's structure")
             out.check_errors = check(repo, read_data=False, progress=progress).errors
             if not out.check_errors and node.tier_info().get("archive"):
-                cold_ids = cold()
-                progress(f"tiering: {len(cold_ids)} cold restore point(s)")
-                out.tier = tier(
-                    repo, lambda snap: snap.id in cold_ids, grace=grace, progress=progress
-                )
+                progress("tiering")
+                out.tier = tier(repo, _membership(cold), grace=grace, progress=progress)
             progress("measuring warm and cold bytes")
             servers = server_of or {}
             found = servers.get
@@ -243,6 +241,16 @@ class StorageCatalog:
                 repo, lambda snap: str(sid) if (sid := found(snap.id)) is not None else None
             )
         return out
+
+
+def _membership(ids_now: Callable[[], set[str]]) -> Callable[[], Callable[[Snapshot], bool]]:
+    """A cold rule for tiering: the restore points `ids_now()` names at each phase."""
+
+    def rule() -> Callable[[Snapshot], bool]:
+        ids = ids_now()
+        return lambda snap: snap.id in ids
+
+    return rule
 
 
 @dataclass

@@ -60,6 +60,10 @@ class ReadOnlyError(StorageError):
     """A write was attempted through a read-only view of a backend."""
 
 
+class AccessDeniedError(StorageError):
+    """The storage refused the request: the credentials do not cover this object."""
+
+
 class ArchivedError(StorageError):
     """The object is in the archive tier: it cannot be read until a thaw (defreeze) has
     brought it back to warm storage."""

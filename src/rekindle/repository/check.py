@@ -52,6 +52,10 @@ def check(
         repo.sync_index()
         for name, reason in sorted(repo.damaged_index_files.items()):
             report.errors.append(f"index file {name} is damaged: {reason}")
+        for name, reason in sorted(repo.damaged_tier_records.items()):
+            report.errors.append(
+                f"tier record {name} is damaged: {reason} (the next tiering run replaces it)"
+            )
         for info in repo.backend.list("index/"):
             if info.name not in repo.index_file_names() and (
                 info.name not in repo.damaged_index_files

@@ -268,6 +268,15 @@ class LocalIndex:
                 out.update(x for x in batch if x not in found)
         return out
 
+    def missing_warm(self, ids: Iterable[bytes]) -> set[bytes]:
+        """The ids among `ids` that no pack outside the cold set holds."""
+        todo = set(ids)
+        if not self._cold:
+            return self.missing(todo)
+        located = self.lookup_many(todo)
+        cold = self._cold
+        return {i for i in todo if not any(loc.pack not in cold for loc in located.get(i, ()))}
+
     def packs(self) -> dict[bytes, int]:
         """Every indexed pack and its blob kind."""
         with self._lock:

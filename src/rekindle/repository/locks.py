@@ -6,6 +6,7 @@
 | check | shared | backups, restores; not prune |
 | prune | exclusive among prunes | backups, restores |
 | tier | exclusive among prunes and tiers | backups, restores, check |
+| restore | shared (only so that tiering waits for it) | anything but repair |
 | repair, key changes | exclusive | nothing |
 
 A lock is an encrypted file under `locks/`, rewritten every REFRESH seconds by a background
@@ -18,21 +19,27 @@ the lock *creation times*, not from waiting (see prune.py).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from rekindle.core.errors import (
+    AccessDeniedError,
     IntegrityError,
     ObjectNotFoundError,
+    ReadOnlyError,
     RepositoryLockedError,
     StorageError,
 )
 from rekindle.format.registry import FileKind
 from rekindle.repository.repo import Repository
+
+log = logging.getLogger(__name__)
 
 REFRESH = timedelta(minutes=5)
 STALE = timedelta(minutes=30)
@@ -158,6 +165,24 @@ class Lock:
         if self._thread is not None:
             self._thread.join()
         self._release()
+
+
+@contextlib.contextmanager
+def shared_lock_if_writable(repo: Repository, kind: str) -> Iterator[None]:
+    """A shared lock for an operation that only reads (a restore): it tells tiering to wait
+    for it (FORMAT.md section 12). Through a read-only view of the repository there is no
+    lock; the operation runs all the same."""
+    try:
+        lock = Lock(repo, kind)
+        lock.__enter__()
+    except (ReadOnlyError, AccessDeniedError) as e:
+        log.debug("%s without a lock: %s", kind, e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def remove_stale(repo: Repository, *, all_locks: bool = False) -> int:

@@ -319,7 +319,8 @@ def _reach_keeping_needed(
     cache (never written to the backend), since trees may live there too. Archived ones
     are judged by elimination: deletable only if every blob in use is indexed elsewhere."""
     tables, archived_tables = condemned
-    unavailable = repo.index.missing(e.id for _, _, t in tables.values() for e in t)
+    # A copy in a cold pack does not make a blob available: the last warm copy stays.
+    unavailable = repo.index.missing_warm(e.id for _, _, t in tables.values() for e in t)
     repo.index.add_file(_SWEEP_VIEW, ((pid, t) for _, pid, t in tables.values()))
     try:
         used = _used_ids(repo, snaps)

@@ -81,9 +81,12 @@ class RestoreNeeds:
     """What a restore of some paths of a restore point reads and writes."""
 
     packs: list[str]  # object names, sorted: every tree pack of the restore point, and the
-    # data packs of the chosen files
+    # data packs of the chosen files (every copy: a damaged one has a stand-in)
     files: int
     bytes: int
+    #: The packs a restore reads first: for each blob its warm copies where there are any,
+    #: else its copies in the archive tier (what a defreeze must bring back).
+    preferred: list[str] = field(default_factory=list)
 
 
 def restore_needs(repo: Repository, snap: Snapshot, includes: list[str]) -> RestoreNeeds:
@@ -124,9 +127,10 @@ def restore_needs(repo: Repository, snap: Snapshot, includes: list[str]) -> Rest
             "run 'rekindle repo check'"
         )
     cold = repo.index.cold
+    preferred: set[str] = set()
     for locations in located.values():
-        # Warm copies where there are any (a cold restore thaws only what exists nowhere
-        # else); every copy of that temperature, so a damaged one has a stand-in.
+        packs.update(pack_name(loc.entry.kind, loc.pack) for loc in locations)
+        # A cold restore thaws only what exists nowhere warm.
         warm = [loc for loc in locations if loc.pack not in cold]
-        packs.update(pack_name(loc.entry.kind, loc.pack) for loc in warm or locations)
-    return RestoreNeeds(sorted(packs), files, size)
+        preferred.update(pack_name(loc.entry.kind, loc.pack) for loc in warm or locations)
+    return RestoreNeeds(sorted(packs), files, size, sorted(preferred))

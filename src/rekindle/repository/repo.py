@@ -22,6 +22,8 @@ from typing import Any
 
 from rekindle.core.clock import Clock, SystemClock
 from rekindle.core.errors import (
+    AccessDeniedError,
+    ArchivedError,
     FormatError,
     IntegrityError,
     NotARepositoryError,
@@ -118,8 +120,10 @@ class Repository:
         #: Index files that failed authentication at the last sync (check names them,
         #: repair replaces them); their entries are missing from the local index.
         self.damaged_index_files: dict[str, str] = {}
-        #: The tier records read at the last sync, by name (damaged ones are left out).
+        #: The tier records read at the last sync, by name (damaged ones are left out and
+        #: named in `damaged_tier_records`, with the reason).
         self.tier_records: dict[str, TierRecord] = {}
+        self.damaged_tier_records: dict[str, str] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -259,6 +263,7 @@ class Repository:
         cold set they name."""
         present = {info.name for info in self.backend.list("tier/")}
         records = {n: r for n, r in self.tier_records.items() if n in present}
+        damaged: dict[str, str] = {}
         for name in sorted(present - set(records)):
             try:
                 records[name] = self._read_tier_record(name)
@@ -266,9 +271,12 @@ class Repository:
                 continue  # replaced by a tiering run between list and read
             except (IntegrityError, KeyError, TypeError, ValueError) as e:
                 # Its packs count as warm: a backup may then depend on one of them (its
-                # restore needs a defreeze), which loses nothing. `check` names it.
+                # restore needs a defreeze), which loses nothing. `check` names it, and the
+                # next tiering run replaces it from the archive's own answers.
                 log.warning("tier record %s is unreadable (%s); ignoring it", name, e)
+                damaged[name] = str(e)
         self.tier_records = records
+        self.damaged_tier_records = damaged
         self._apply_cold()
 
     def _apply_cold(self) -> None:
@@ -302,6 +310,7 @@ class Repository:
         with contextlib.suppress(ObjectNotFoundError):
             self.backend.delete(name)
         self.tier_records.pop(name, None)
+        self.damaged_tier_records.pop(name, None)
         self._apply_cold()
 
     def index_file_names(self) -> set[str]:
@@ -354,14 +363,16 @@ class Repository:
             locations = self.index.lookup_all(chunk_id)
         if not locations:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is not in the index")
-        error: RekindleError | None = None
+        # Copies are listed warm first; another copy may stand in for one that is damaged,
+        # gone, in the archive tier, or outside what the storage lets this reader see.
+        errors: list[RekindleError] = []
         for loc in locations:
             try:
                 return self.read_blob_at(loc.pack, loc.entry, scratch)
-            except (IntegrityError, ObjectNotFoundError) as e:
-                error = e
-        assert error is not None  # noqa: S101 - the loop ran at least once
-        raise error
+            except (IntegrityError, ObjectNotFoundError, ArchivedError, AccessDeniedError) as e:
+                errors.append(e)
+        # "needs a defreeze" says more than the failure of another copy
+        raise next((e for e in errors if isinstance(e, ArchivedError)), errors[-1])
 
     def read_blob_at(
         self, pack_id: bytes, entry: BlobEntry, scratch: bytearray | None = None

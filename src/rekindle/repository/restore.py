@@ -30,6 +30,7 @@ from rekindle.format.registry import NodeType
 from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import Node, safe_name
 from rekindle.repository.index import Location
+from rekindle.repository.locks import shared_lock_if_writable
 from rekindle.repository.repo import Repository
 
 MAX_INFLIGHT = 256
@@ -142,7 +143,13 @@ class Restorer:
         root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
         self._root_fd = root_fd
         try:
-            with ThreadPoolExecutor(self.opts.workers, thread_name_prefix="restore") as pool:
+            with (
+                shared_lock_if_writable(self.repo, "restore"),
+                ThreadPoolExecutor(self.opts.workers, thread_name_prefix="restore") as pool,
+            ):
+                # After the lock: a tiering mark made since the repository was opened is
+                # seen (its warm copies are read), or waits for this restore to end.
+                self.repo.sync_index()
                 self._pool = pool
                 nodes = self.repo.load_tree(self.snapshot.tree)
                 root = _Dir(root_fd, None, full=False, refs=2)  # never closed by refs

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from rekindle.core.errors import DamageFoundError, UsageError
+from rekindle.core.errors import ArchivedError, DamageFoundError, UsageError
 from rekindle.format.pack import BlobEntry
 from rekindle.format.registry import BlobKind
 from rekindle.format.snapshot import Snapshot
@@ -24,7 +24,7 @@ from rekindle.repository.locks import Lock, list_locks
 from rekindle.repository.prune import _read_all_snapshots, _used_ids
 from rekindle.repository.repo import Repository, pack_name, parse_pack_name
 from rekindle.repository.writer import BlobWriter
-from rekindle.store.tier import archiver_of
+from rekindle.store.tier import archiver_of, tier_states_of
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ MIN_COLD_SHARE = 0.5
 TIER_CONFLICTS = frozenset({"prune", "tier", "repair"})
 
 Archiver = Callable[[list[str]], None]
+StateReader = Callable[[list[str]], dict[str, str]]
 IsCold = Callable[[Snapshot], bool]
+ColdRule = Callable[[], IsCold]
 
 
 @dataclass
@@ -73,172 +75,216 @@ class TierReport:
 
 def tier(
     repo: Repository,
-    is_cold: IsCold,
+    cold_rule: ColdRule,
     *,
     archive: Archiver | None = None,
+    states: StateReader | None = None,
     grace: timedelta = timedelta(hours=1),
     min_cold_share: float = MIN_COLD_SHARE,
     progress: Callable[[str], None] | None = None,
 ) -> TierReport:
-    """Mark what turned cold, and move what earlier marks (and this one, if ready) named."""
-    say = progress or (lambda _msg: None)
+    """Mark what turned cold, and move what earlier marks (and this one, if ready) named.
+
+    `cold_rule()` is asked at each phase for the predicate that tells cold restore points
+    from warm ones (the cloud answers from its catalog of the moment: a restore queued
+    meanwhile keeps its restore point warm)."""
     mover = archive or archiver_of(repo.backend)
-    if mover is None:
+    ask = states or tier_states_of(repo.backend)
+    if mover is None or ask is None:
         raise UsageError("this storage has no archive tier: nothing can be moved to one")
-    report = TierReport()
+    run = _Run(repo, cold_rule, mover, ask, grace, progress or (lambda _msg: None))
     with Lock(repo, "tier", conflicts=TIER_CONFLICTS):
         repo.sync_index()
-        _move(repo, is_cold, mover, grace, report, say)
-        _mark(repo, is_cold, min_cold_share, report, say)
-        _move(repo, is_cold, mover, grace, report, say)
-        _compact(repo, report)
-    return report
+        run.recover_damaged_records()
+        run.move()
+        run.mark(min_cold_share)
+        run.move()
+        run.compact()
+    return run.report
 
 
-def _warm_and_cold(
-    repo: Repository, is_cold: IsCold, report: TierReport | None = None
-) -> tuple[set[bytes], set[bytes]]:
-    """Blobs warm restore points use; blobs only cold ones use. Restore points are read
-    before the index is synced (a backup writes its index before its restore point)."""
-    snaps = _read_all_snapshots(repo)
-    repo.sync_index()
-    if repo.damaged_index_files:
-        raise DamageFoundError(
-            f"{len(repo.damaged_index_files)} index file(s) are damaged; run "
-            "'rekindle repo repair' before tiering"
+@dataclass
+class _Run:
+    repo: Repository
+    cold_rule: ColdRule
+    mover: Archiver
+    states: StateReader
+    grace: timedelta
+    say: Callable[[str], None]
+    report: TierReport = field(default_factory=TierReport)
+
+    def warm_and_cold(self, *, count: bool = False) -> tuple[set[bytes], set[bytes]]:
+        """Blobs warm restore points use; blobs only cold ones use. Restore points are read
+        before the index is synced (a backup writes its index before its restore point)."""
+        repo = self.repo
+        snaps = _read_all_snapshots(repo)
+        repo.sync_index()
+        if repo.damaged_index_files:
+            raise DamageFoundError(
+                f"{len(repo.damaged_index_files)} index file(s) are damaged; run "
+                "'rekindle repo repair' before tiering"
+            )
+        is_cold = self.cold_rule()
+        cold_snaps = [s for s in snaps if is_cold(s)]
+        warm_snaps = [s for s in snaps if not is_cold(s)]
+        if count:
+            self.report.snapshots_cold = len(cold_snaps)
+            self.report.snapshots_warm = len(warm_snaps)
+        warm = _used_ids(repo, warm_snaps)
+        cold = _used_ids(repo, cold_snaps) - warm
+        return warm, cold
+
+    def has_warm_copy(self, blob: bytes, leaving: set[bytes]) -> bool:
+        """Whether a pack outside the cold set and outside `leaving` holds `blob`."""
+        cold = self.repo.index.cold
+        return any(
+            loc.pack not in cold and loc.pack not in leaving
+            for loc in self.repo.index.lookup_all(blob)
         )
-    cold_snaps = [s for s in snaps if is_cold(s)]
-    warm_snaps = [s for s in snaps if not is_cold(s)]
-    if report is not None:
-        report.snapshots_cold, report.snapshots_warm = len(cold_snaps), len(warm_snaps)
-    warm = _used_ids(repo, warm_snaps)
-    cold = _used_ids(repo, cold_snaps) - warm
-    return warm, cold
 
+    def recover_damaged_records(self) -> None:
+        """A damaged record hides which packs are archived: ask the archive about every data
+        pack outside the cold set, record the archived ones, then drop the damaged record."""
+        repo = self.repo
+        if not repo.damaged_tier_records:
+            return
+        self.say(f"replacing {len(repo.damaged_tier_records)} damaged tier record(s)")
+        cold = repo.index.cold
+        names = [
+            info.name
+            for info in repo.backend.list("data/")
+            if (pid := _data_pack(info.name)) is not None and pid not in cold
+        ]
+        archived = [n for n, state in self.states(names).items() if state != "warm"]
+        if archived:
+            repo.write_tier_record(archived, moved=True)
+        for name in list(repo.damaged_tier_records):
+            repo.delete_tier_record(name)
 
-def _has_warm_copy(repo: Repository, blob: bytes, leaving: set[bytes]) -> bool:
-    """Whether a pack outside the cold set and outside `leaving` holds `blob`."""
-    cold = repo.index.cold
-    return any(
-        loc.pack not in cold and loc.pack not in leaving for loc in repo.index.lookup_all(blob)
-    )
+    def mark(self, min_cold_share: float) -> None:
+        repo, report = self.repo, self.report
+        self.say("reading restore points and the index")
+        warm, cold = self.warm_and_cold(count=True)
+        if not cold:
+            return
+        in_cold_set = repo.index.cold
+        by_pack: dict[bytes, list[BlobEntry]] = {}
+        for pid, entry in repo.index.entries():
+            if entry.kind is BlobKind.DATA and pid not in in_cold_set:
+                by_pack.setdefault(pid, []).append(entry)
+        candidates: list[bytes] = []
+        mixed: dict[bytes, list[BlobEntry]] = {}
+        for pid, entries in by_pack.items():
+            if not any(e.id in cold for e in entries):
+                continue  # warm, or used by nothing (prune's business)
+            warm_entries = [e for e in entries if e.id in warm]
+            if not warm_entries:
+                candidates.append(pid)
+                continue
+            total = sum(e.length for e in entries)
+            not_warm = sum(e.length for e in entries if e.id not in warm)
+            if not_warm >= total * min_cold_share:
+                mixed[pid] = warm_entries
+        if mixed:
+            self.say(f"copying the warm blobs of {len(mixed)} mixed packs")
+            self.copy_out(mixed, set(candidates) | set(mixed))
+        names = [pack_name(BlobKind.DATA, pid) for pid in candidates + list(mixed)]
+        if names:
+            repo.write_tier_record(names, moved=False)
+        report.packs_marked = len(names)
+        report.packs_mixed = len(mixed)
 
-
-def _mark(
-    repo: Repository,
-    is_cold: IsCold,
-    min_cold_share: float,
-    report: TierReport,
-    say: Callable[[str], None],
-) -> None:
-    say("reading restore points and the index")
-    warm, cold = _warm_and_cold(repo, is_cold, report)
-    if not cold:
-        return
-    in_cold_set = repo.index.cold
-    by_pack: dict[bytes, list[BlobEntry]] = {}
-    for pid, entry in repo.index.entries():
-        if entry.kind is BlobKind.DATA and pid not in in_cold_set:
-            by_pack.setdefault(pid, []).append(entry)
-    candidates: list[bytes] = []
-    mixed: dict[bytes, list[BlobEntry]] = {}
-    for pid, entries in by_pack.items():
-        if not any(e.id in cold for e in entries):
-            continue  # warm, or used by nothing (prune's business)
-        warm_entries = [e for e in entries if e.id in warm]
-        if not warm_entries:
-            candidates.append(pid)
-            continue
-        total = sum(e.length for e in entries)
-        not_warm = sum(e.length for e in entries if e.id not in warm)
-        if not_warm >= total * min_cold_share:
-            mixed[pid] = warm_entries
-    if not candidates and not mixed:
-        return
-    if mixed:
-        say(f"copying the warm blobs of {len(mixed)} mixed packs")
-        leaving = set(candidates) | set(mixed)
+    def copy_out(self, mixed: dict[bytes, list[BlobEntry]], leaving: set[bytes]) -> None:
+        """Copy the warm blobs of mixed packs that have no other warm copy into new packs;
+        a mixed pack one of whose blobs cannot be read (a pack archived without a record)
+        stays warm."""
         copied: set[bytes] = set()
-        writer = BlobWriter(repo)
+        writer = BlobWriter(self.repo)
         try:
-            for warm_entries in mixed.values():
-                for e in sorted(warm_entries, key=lambda x: x.offset):
-                    if e.id in copied or _has_warm_copy(repo, e.id, leaving):
-                        continue
-                    writer.store_plain(e.kind, e.id, repo.read_blob(e.id))  # verified read
-                    copied.add(e.id)
-                    report.blobs_copied += 1
-                    report.bytes_copied += e.length
-            writer.flush()  # packs, then their index file, before the record below
+            for pid, warm_entries in list(mixed.items()):
+                try:
+                    for e in sorted(warm_entries, key=lambda x: x.offset):
+                        if e.id in copied or self.has_warm_copy(e.id, leaving):
+                            continue
+                        # a verified read; the copies made before a failure are harmless
+                        writer.store_plain(e.kind, e.id, self.repo.read_blob(e.id))
+                        copied.add(e.id)
+                        self.report.blobs_copied += 1
+                        self.report.bytes_copied += e.length
+                except ArchivedError:
+                    log.warning("pack %s cannot be read (archived): it stays warm", pid.hex())
+                    del mixed[pid]
+            writer.flush()  # packs, then their index file, before the record
         finally:
             writer.close()
-    names = [pack_name(BlobKind.DATA, pid) for pid in candidates + list(mixed)]
-    repo.write_tier_record(names, moved=False)
-    report.packs_marked = len(names)
-    report.packs_mixed = len(mixed)
 
+    def move(self) -> None:
+        repo, report = self.repo, self.report
+        pending = [r for r in repo.tier_records.values() if not r.moved]
+        if not pending:
+            return
+        now = repo.clock.now()
+        # Backups and restores that started before a record may use its packs' blobs
+        # without knowing they are cold (FORMAT.md section 12).
+        readers = [lk for lk in list_locks(repo) if lk.kind in ("backup", "restore")]
+        ready = [
+            r
+            for r in pending
+            if now - r.created >= self.grace and not any(lk.created <= r.created for lk in readers)
+        ]
+        report.records_waiting = len(pending) - len(ready)
+        if not ready:
+            return
+        warm, _ = self.warm_and_cold()
+        already = {p for r in repo.tier_records.values() if r.moved for p in r.packs}
+        pids = {
+            pid: name
+            for name in sorted({p for r in ready for p in r.packs})
+            if (pid := _data_pack(name)) is not None
+        }
+        tables = repo.index.entries_of(pids)
+        finish: list[str] = []  # named by a moved record: a move cut short, finished now
+        new: list[str] = []
+        for pid, name in pids.items():
+            if name in already:
+                finish.append(name)
+                continue
+            entries = tables.get(pid)
+            if entries is None:
+                continue  # no index names it: prune condemned it meanwhile
+            # A backup that started before the record may have used it: keep it warm then.
+            if any(e.id in warm and not self.has_warm_copy(e.id, set()) for e in entries):
+                report.packs_kept_warm += 1
+                continue
+            new.append(name)
+        if new:
+            # Recorded before they move: a pack in the archive tier is always in a record.
+            repo.write_tier_record(new, moved=True)
+        if finish or new:
+            self.say(f"moving {len(finish) + len(new)} packs to the archive tier")
+            sizes = {info.name: info.size for info in repo.backend.list("data/")}
+            self.mover(finish + new)
+            report.packs_moved += len(new)
+            report.bytes_moved += sum(sizes.get(n, 0) for n in new)
+        for record in ready:
+            repo.delete_tier_record(record.name)
 
-def _move(  # noqa: PLR0917 - one private step of tier()
-    repo: Repository,
-    is_cold: IsCold,
-    mover: Archiver,
-    grace: timedelta,
-    report: TierReport,
-    say: Callable[[str], None],
-) -> None:
-    pending = [r for r in repo.tier_records.values() if not r.moved]
-    if not pending:
-        return
-    now = repo.clock.now()
-    backups = [lk for lk in list_locks(repo) if lk.kind == "backup"]
-    ready = [
-        r
-        for r in pending
-        if now - r.created >= grace and not any(lk.created <= r.created for lk in backups)
-    ]
-    report.records_waiting = len(pending) - len(ready)
-    if not ready:
-        return
-    warm, _ = _warm_and_cold(repo, is_cold)
-    names = sorted({p for r in ready for p in r.packs})
-    pids = {pid: name for name in names if (pid := _data_pack(name)) is not None}
-    tables = repo.index.entries_of(pids)
-    moving: list[str] = []
-    for pid, name in pids.items():
-        entries = tables.get(pid)
-        if entries is None:
-            continue  # no index names it: prune condemned it meanwhile
-        # A backup that started before the record may have used it: keep it warm then.
-        if any(e.id in warm and not _has_warm_copy(repo, e.id, set()) for e in entries):
-            report.packs_kept_warm += 1
-            continue
-        moving.append(name)
-    if moving:
-        say(f"moving {len(moving)} packs to the archive tier")
+    def compact(self) -> None:
+        """One moved record naming the moved packs that still exist; count the cold bytes."""
+        repo, report = self.repo, self.report
+        moved = [r for r in repo.tier_records.values() if r.moved]
+        if not moved:
+            return
         sizes = {info.name: info.size for info in repo.backend.list("data/")}
-        mover(moving)
-        report.packs_moved += len(moving)
-        report.bytes_moved += sum(sizes.get(n, 0) for n in moving)
-        repo.write_tier_record(moving, moved=True)
-    for record in ready:
-        repo.delete_tier_record(record.name)
-
-
-def _compact(repo: Repository, report: TierReport) -> None:
-    """One moved record naming the moved packs that still exist; count the cold bytes."""
-    moved = [r for r in repo.tier_records.values() if r.moved]
-    if not moved:
-        return
-    sizes = {info.name: info.size for info in repo.backend.list("data/")}
-    alive = sorted({p for r in moved for p in r.packs if p in sizes})
-    report.packs_cold = len(alive)
-    report.bytes_cold = sum(sizes[p] for p in alive)
-    if len(moved) == 1 and len(alive) == len(moved[0].packs):
-        return
-    if alive:
-        repo.write_tier_record(alive, moved=True)
-    for record in moved:
-        repo.delete_tier_record(record.name)
+        alive = sorted({p for r in moved for p in r.packs if p in sizes})
+        report.packs_cold = len(alive)
+        report.bytes_cold = sum(sizes[p] for p in alive)
+        if len(moved) == 1 and len(alive) == len(moved[0].packs):
+            return
+        if alive:
+            repo.write_tier_record(alive, moved=True)
+        for record in moved:
+            repo.delete_tier_record(record.name)
 
 
 def _data_pack(name: str) -> bytes | None:

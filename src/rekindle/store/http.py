@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from rekindle.core.errors import (
+    AccessDeniedError,
     ArchivedError,
     NoSpaceError,
     ObjectExistsError,
@@ -96,6 +97,8 @@ class HttpBackend(Backend):
             raise NoSpaceError(msg)
         if resp.status_code == 423:
             raise ArchivedError(msg)
+        if resp.status_code == 403:
+            raise AccessDeniedError(msg)
         if resp.status_code >= 500 or resp.status_code == 429:
             raise TransientStorageError(msg)
         raise StorageError(msg)
@@ -127,6 +130,13 @@ class HttpBackend(Backend):
         """Move data packs to the node's archive tier (the cloud's maintenance token)."""
         for i in range(0, len(names), TIER_BATCH):
             self.tier("archive", names[i : i + TIER_BATCH])
+
+    def archive_states(self, names: list[str]) -> dict[str, str]:
+        """The tier state of data packs on the node."""
+        states: dict[str, str] = {}
+        for i in range(0, len(names), TIER_BATCH):
+            states.update(self.tier("state", names[i : i + TIER_BATCH]))
+        return states
 
     def usage(self) -> dict[str, Any]:
         """The organization's bytes on the node and the node's filesystem (None on S3)."""

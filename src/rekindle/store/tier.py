@@ -78,6 +78,21 @@ def archiver_of(backend: Backend) -> Callable[[list[str]], None] | None:
     return None
 
 
+def tier_states_of(backend: Backend) -> Callable[[list[str]], dict[str, str]] | None:
+    """A function that answers the tier state (`TierState` values) of a batch of objects in
+    the archive tier behind `backend`, if there is one."""
+    seen: object = backend
+    while seen is not None:
+        many = getattr(seen, "archive_states", None)
+        if callable(many):
+            return cast(Callable[[list[str]], dict[str, str]], many)
+        if isinstance(seen, Archive):
+            store = seen
+            return lambda names: {name: store.tier_state(name).value for name in names}
+        seen = getattr(seen, "inner", None)
+    return None
+
+
 def _one_by_one(store: Archive) -> Callable[[list[str]], None]:
     def archive(names: list[str]) -> None:
         for name in names:

@@ -87,8 +87,13 @@ def test_scopes() -> None:
     c = _claims(access="catalog")
     assert allowed(c, "read", granted) and allowed(c, "list", "snapshots/")
     assert not allowed(c, "write", "data/00/" + "00" * 32) and not allowed(c, "delete", "locks/x")
+    # tier records: every reader needs them (which packs are cold); only maintenance writes
+    for reader in (b, r, c):
+        assert allowed(reader, "read", "tier/x") and allowed(reader, "list", "tier/")
+        for op in ("write", "replace", "delete"):
+            assert not allowed(reader, op, "tier/x"), (reader.access, op)
     m = _claims(access="maintenance")
-    for name in (granted, "index/x", "garbage/x", "locks/x"):
+    for name in (granted, "index/x", "garbage/x", "tier/x", "locks/x"):
         assert allowed(m, "write", name) and allowed(m, "delete", name), name
     assert allowed(m, "delete", "snapshots/x") and not allowed(m, "write", "snapshots/x")
     assert allowed(m, "read", "snapshots/x") and allowed(m, "list", "data/")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,17 +16,18 @@ from pathlib import Path
 import pytest
 
 from rekindle.core.clock import FakeClock
-from rekindle.core.errors import UsageError
+from rekindle.core.errors import TransientStorageError, UsageError
 from rekindle.format.snapshot import Snapshot
 from rekindle.repository.backup import BackupOptions, backup
 from rekindle.repository.check import check
 from rekindle.repository.forget import forget_ids
 from rekindle.repository.locks import Lock
 from rekindle.repository.prune import prune
-from rekindle.repository.reach import restore_needs
-from rekindle.repository.repo import Repository
+from rekindle.repository.reach import reachable, restore_needs
+from rekindle.repository.repo import Repository, parse_pack_name
 from rekindle.repository.restore import restore
 from rekindle.repository.tiering import stored_usage, tier
+from rekindle.repository.writer import BlobWriter
 from rekindle.store.memory import MemoryBackend
 from rekindle.store.tier import LocalArchiveBackend, TierState
 from tests.helpers import PASSWORD, make_repo, tree_differences
@@ -34,11 +36,11 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COLD_AFTER = timedelta(days=90)
 
 
-def _cold(clock: FakeClock) -> object:
+def _cold(clock: FakeClock) -> Callable[[], Callable[[Snapshot], bool]]:
     def is_cold(snap: Snapshot) -> bool:
         return snap.time < clock.now() - COLD_AFTER
 
-    return is_cold
+    return lambda: is_cold
 
 
 def _states(b: LocalArchiveBackend) -> dict[str, TierState]:
@@ -102,15 +104,15 @@ def test_cold_only_and_mixed_packs_move_and_warm_data_stays_warm(
         assert usage.by_group["old"][0] > 0  # shared.bin stayed warm
 
         # a warm restore reads no archived pack: it plans none and never waits
-        assert not set(restore_needs(repo, new, []).packs) & old_packs
+        assert not set(restore_needs(repo, new, []).preferred) & old_packs
         stats = restore(repo, new, tmp_path / "r-new")
         assert not stats.errors
         assert tree_differences(src, _restored(tmp_path / "r-new", src)) == []
 
         # the cold point's restore needs the archived pack for old-only.bin only; it
         # cannot run before a thaw, and restores byte for byte after one
-        assert set(restore_needs(repo, old, []).packs) & old_packs
-        assert not set(restore_needs(repo, old, [str(src / "shared.bin")]).packs) & old_packs
+        assert set(restore_needs(repo, old, []).preferred) & old_packs
+        assert not set(restore_needs(repo, old, [str(src / "shared.bin")]).preferred) & old_packs
         assert restore(repo, old, tmp_path / "r-cold").errors
         for name in old_packs:
             b.thaw(name, days=1)
@@ -126,10 +128,10 @@ def test_cold_only_and_mixed_packs_move_and_warm_data_stays_warm(
         (src / "old-only.bin").write_bytes(old_only)
         clock.advance(86400)
         again = _backup(repo, src)
-        assert not set(restore_needs(repo, again, []).packs) & old_packs
+        assert not set(restore_needs(repo, again, []).preferred) & old_packs
         assert not restore(repo, again, tmp_path / "r-again").errors
         # ... and the cold point's restore now finds old-only.bin warm too
-        assert not set(restore_needs(repo, old, []).packs) & old_packs
+        assert not set(restore_needs(repo, old, []).preferred) & old_packs
 
         # a second run finds nothing new; check passes with the archived packs as warnings
         again_report = tier(repo, _cold(clock), grace=timedelta(0))
@@ -147,31 +149,53 @@ def test_cold_only_and_mixed_packs_move_and_warm_data_stays_warm(
         assert check(repo, read_data=True).ok
 
 
-def test_a_backup_older_than_the_mark_keeps_what_it_used_warm(
-    tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
+def test_a_backup_that_started_before_the_mark_keeps_what_it_used_warm(
+    tmp_path: Path,
+    archive: tuple[LocalArchiveBackend, FakeClock],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     b, clock = archive
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(100_000))
     with make_repo(b, tmp_path / "cache", clock=clock) as repo:
-        old = _backup(repo, src)
+        _backup(repo, src)
         clock.advance(100 * 86400)
         other = Repository.open(b, PASSWORD, cache_root=tmp_path / "cache2", clock=clock)
-        with other, Lock(other, "backup"):
-            # the backup took its lock and read the index before the mark ...
-            clock.advance(1)
-            report = tier(repo, _cold(clock), grace=timedelta(0))
-            assert report.packs_marked == 1 and report.packs_moved == 0
-            assert report.records_waiting == 1
-            # ... and deduplicated against the pack: its restore point uses every blob
-            clock.advance(1)
-            other.write_snapshot(replace(old, time=clock.now(), id=""))
+        # A backup takes its lock and reads the index; then the mark happens; then it goes
+        # on, deduplicating a.bin against the pack the mark names.
+        synced, marked = threading.Event(), threading.Event()
+        real_sync = other.sync_index
+
+        def sync_then_wait() -> tuple[int, int]:
+            result = real_sync()
+            synced.set()
+            assert marked.wait(30)
+            return result
+
+        monkeypatch.setattr(other, "sync_index", sync_then_wait)
+        data_packs = set(_states(b))
+        done: list[Snapshot] = []
+        running = threading.Thread(target=lambda: done.append(_backup(other, src)))
+        running.start()
+        assert synced.wait(30)
+        clock.advance(1)
+        report = tier(repo, _cold(clock), grace=timedelta(0))
+        assert report.packs_marked == 1 and report.packs_moved == 0
+        assert report.records_waiting == 1  # the backup's lock is older than the mark
+        marked.set()
+        running.join()
+        (new,) = done
+        assert set(_states(b)) == data_packs  # no new data: a.bin came from the marked pack
+        other.close()
+
         clock.advance(1)
         report = tier(repo, _cold(clock), grace=timedelta(0))
         assert report.packs_kept_warm == 1 and report.packs_moved == 0
         assert all(s is TierState.WARM for s in _states(b).values())
         assert not repo.index.cold and not repo.tier_records
+        assert not restore(repo, new, tmp_path / "r").errors  # no thaw needed
+        assert tree_differences(src, _restored(tmp_path / "r", src)) == []
 
 
 def test_tiering_needs_an_archive_tier(tmp_path: Path) -> None:
@@ -179,7 +203,7 @@ def test_tiering_needs_an_archive_tier(tmp_path: Path) -> None:
         make_repo(MemoryBackend(), None) as repo,
         pytest.raises(UsageError, match="no archive tier"),
     ):
-        tier(repo, lambda _s: True)
+        tier(repo, lambda: lambda _s: True)
 
 
 def test_tiering_concurrent_with_backups_and_warm_restores_loses_nothing(
@@ -188,6 +212,9 @@ def test_tiering_concurrent_with_backups_and_warm_restores_loses_nothing(
     b, clock = archive
     src = tmp_path / "src"
     src.mkdir()
+    # a-keep.txt never changes and is read first: it shares a pack with cold data, which
+    # makes that pack mixed
+    (src / "a-keep.txt").write_bytes(os.urandom(20_000))
     for i in range(6):
         (src / f"f{i}.bin").write_bytes(os.urandom(60_000))
     contents: dict[str, dict[str, bytes]] = {}
@@ -242,19 +269,28 @@ def test_tiering_concurrent_with_backups_and_warm_restores_loses_nothing(
             t.start()
         while not any(b.list("locks/")) and not errors:  # the first backup is running
             threading.Event().wait(0.01)
-        marked = moved = 0
+        marked = moved = mixed = 0
         for _ in range(3):  # marks; moves wait for the running backup's lock
             report = tier(repo, _cold(clock), grace=timedelta(0))
             marked, moved = marked + report.packs_marked, moved + report.packs_moved
+            mixed += report.packs_mixed
         threads[0].join()
-        restores_before = warm_restores
-        moved += tier(repo, _cold(clock), grace=timedelta(0)).packs_moved  # restores go on
-        while warm_restores == restores_before and not errors:
-            threading.Event().wait(0.05)
+
+        def restores_done(more: int) -> None:
+            target = warm_restores + more
+            while warm_restores < target and not errors:
+                threading.Event().wait(0.02)
+
+        # the restore running now holds a lock as old as the marks: wait for newer ones,
+        # then move while restores go on
+        clock.advance(1)
+        restores_done(2)
+        moved += tier(repo, _cold(clock), grace=timedelta(0)).packs_moved
+        restores_done(2)
         stop.set()
         threads[1].join()
         assert not errors, errors
-        assert marked > 0 and moved > 0
+        assert marked > 0 and moved > 0 and mixed > 0, (marked, moved, mixed)
 
         # every warm point restores without a thaw; every point restores after one
         assert check(repo).ok
@@ -274,3 +310,143 @@ def test_tiering_concurrent_with_backups_and_warm_restores_loses_nothing(
             got = {p.name: p.read_bytes() for p in _restored(target, src).iterdir()}
             assert got == contents[snap.id]
         assert check(repo, read_data=True).ok
+
+
+def _only(src: Path, **files: bytes) -> None:
+    for f in src.iterdir():
+        f.unlink()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+
+
+def test_a_restore_that_opened_the_repository_before_the_mark_reads_warm_copies(
+    tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
+) -> None:
+    b, clock = archive
+    src = tmp_path / "src"
+    src.mkdir()
+    _only(src, old=os.urandom(150_000), shared=os.urandom(30_000))
+    with make_repo(b, tmp_path / "cache", clock=clock) as repo:
+        _backup(repo, src)
+        (src / "old").unlink()
+        clock.advance(100 * 86400)
+        new = _backup(repo, src)
+        with Repository.open(b, PASSWORD, cache_root=tmp_path / "c2", clock=clock) as reader:
+            report = tier(repo, _cold(clock), grace=timedelta(0))
+            assert report.packs_mixed == 1 and report.packs_moved == 1
+            # the reader's index predates the warm copy of shared; the restore syncs it
+            assert not restore(reader, new, tmp_path / "r").errors
+        assert tree_differences(src, _restored(tmp_path / "r", src)) == []
+
+
+def test_prune_never_condemns_the_last_warm_copy_a_running_backup_used(
+    tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
+) -> None:
+    b, clock = archive
+    src = tmp_path / "src"
+    src.mkdir()
+    x, y = os.urandom(60_000), os.urandom(150_000)
+    with make_repo(b, tmp_path / "cache", clock=clock) as repo:
+        _only(src, x=x, y=y)
+        first = _backup(repo, src)
+        _only(src, y=y)
+        _backup(repo, src)
+        clock.advance(100 * 86400)
+        _only(src, z=os.urandom(20_000))
+        _backup(repo, src)
+        assert tier(repo, _cold(clock), grace=timedelta(0)).packs_moved
+        forget_ids(repo, [first.id])  # x now lives in an archived pack kept for y ...
+        _only(src, x=x)
+        again = _backup(repo, src)  # ... and, stored again, in a warm pack
+        forget_ids(repo, [again.id])  # which nothing uses now
+        # a backup running since before the prune deduplicates x against the warm pack
+        with (
+            Repository.open(b, PASSWORD, cache_root=tmp_path / "c2", clock=clock) as other,
+            Lock(other, "backup"),
+        ):
+            clock.advance(1)
+            prune(repo, grace=timedelta(0))  # condemns the warm pack; waits for the backup
+            writer = BlobWriter(other)
+            try:
+                used = reachable(other, [again]).all()
+                assert not any(writer.reserve(i) for i in used)
+            finally:
+                writer.close()
+            clock.advance(1)
+            late = other.read_snapshot(
+                other.write_snapshot(replace(again, time=clock.now(), id=""))
+            )
+        clock.advance(1)
+        pruned = prune(repo, grace=timedelta(0))
+        assert pruned.packs_reindexed >= 1  # the warm pack stays: x has no other warm copy
+        assert not restore(repo, late, tmp_path / "r").errors  # and no thaw is needed
+        assert (_restored(tmp_path / "r", src) / "x").read_bytes() == x
+
+
+def test_a_move_cut_short_is_recorded_and_finished_by_the_next_run(
+    tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
+) -> None:
+    b, clock = archive
+    src = tmp_path / "src"
+    src.mkdir()
+    _only(src, a=os.urandom(100_000), b=os.urandom(100_000), c=os.urandom(100_000))
+    with make_repo(b, tmp_path / "cache", clock=clock) as repo:
+        _backup(repo, src)
+        clock.advance(100 * 86400)
+        _only(src, z=os.urandom(20_000))
+        _backup(repo, src)
+
+        def dies_after_one(names: list[str]) -> None:
+            b.archive(names[0])
+            raise TransientStorageError("the connection dropped")
+
+        with pytest.raises(TransientStorageError):
+            tier(repo, _cold(clock), grace=timedelta(0), archive=dies_after_one)
+        # every archived pack is in the cold set of a reader that opens the repository now
+        with Repository.open(b, PASSWORD, cache_root=tmp_path / "c2", clock=clock) as fresh:
+            archived = {n for n, s in _states(b).items() if s is TierState.ARCHIVED}
+            assert len(archived) == 1
+            assert {parse_pack_name(n)[1] for n in archived} <= fresh.index.cold  # type: ignore[index]
+        # the next run finishes the move, even though nothing counts as cold any more
+        report = tier(repo, lambda: lambda _s: False, grace=timedelta(0))
+        assert report.packs_cold > 1
+        states = _states(b)
+        assert all(
+            states[n] is TierState.ARCHIVED for r in repo.tier_records.values() for n in r.packs
+        )
+        assert not [r for r in repo.tier_records.values() if not r.moved]
+
+
+def test_a_damaged_tier_record_is_reported_and_replaced(
+    tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
+) -> None:
+    b, clock = archive
+    src = tmp_path / "src"
+    src.mkdir()
+    small = os.urandom(20_000)
+    _only(src, big=os.urandom(150_000), small=small)
+    with make_repo(b, tmp_path / "cache", clock=clock) as repo:
+        _backup(repo, src)
+        clock.advance(100 * 86400)
+        _only(src, z=os.urandom(20_000))
+        _backup(repo, src)
+        assert tier(repo, _cold(clock), grace=timedelta(0)).packs_moved
+        (record,) = repo.tier_records
+        archived = set(repo.tier_records[record].packs)
+    damaged = tmp_path / "warm" / record
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    with Repository.open(b, PASSWORD, cache_root=tmp_path / "c3", clock=clock) as repo:
+        assert record in repo.damaged_tier_records and not repo.index.cold
+        report = check(repo)
+        assert any(f"tier record {record} is damaged" in e for e in report.errors)
+        # meanwhile a backup deduplicates small.bin against the archived pack (it counts
+        # as warm); tiering copes and replaces the record from the archive's answers
+        _only(src, small=small)
+        _backup(repo, src)
+        tier(repo, _cold(clock), grace=timedelta(0))
+        assert not repo.damaged_tier_records
+        moved = {p for r in repo.tier_records.values() if r.moved for p in r.packs}
+        assert archived <= moved
+        assert check(repo).ok
