@@ -290,3 +290,49 @@ def test_an_admin_is_changed_and_disabled_but_the_last_org_admin_stays(
     assert api.get("/api/v1/servers").status_code == 200
     assert api.patch("/api/v1/admins/99999", json={"disabled": True}).status_code == 404
     assert "admin.update" in [a["action"] for a in api.get("/api/v1/audit").json()]
+
+
+def test_stats_split_warm_and_cold_as_the_retention_run_measured(
+    api: TestClient, cloud: Cloud
+) -> None:
+    from datetime import UTC, datetime
+
+    from rekindle.cloud.models import RestorePoint, Server, StorageTier
+
+    server = cloud.enroll("stats")
+    before = api.get("/api/v1/stats").json()
+    assert before["warm_bytes"] is None and before["cold_bytes"] is None
+    storage = cloud.svc.list_storages(cloud.admin)[0]
+    with cloud.svc.db.session() as s:  # a backup's restore point, then a retention run
+        s.add(
+            RestorePoint(
+                org_id=cloud.admin.org_id,
+                server_id=server,
+                snapshot_id="ab" * 32,
+                time=datetime(2026, 1, 1, tzinfo=UTC),
+                paths=["/srv"],
+                files=3,
+                bytes=9000,
+                bytes_added=3000,
+            )
+        )
+        s.add(
+            StorageTier(
+                org_id=cloud.admin.org_id,
+                storage_id=storage.id,
+                warm_bytes=1000,
+                cold_bytes=2000,
+                cold_packs=1,
+                measured=datetime(2026, 1, 2, tzinfo=UTC),
+            )
+        )
+        row = s.get(Server, server)
+        assert row is not None
+        row.warm_bytes, row.cold_bytes = 400, 2000
+    stats = api.get("/api/v1/stats").json()
+    assert (stats["warm_bytes"], stats["cold_bytes"], stats["dedup_ratio"]) == (1000, 2000, 3.0)
+    (mine,) = [x for x in stats["servers"] if x["id"] == server]
+    assert (mine["warm_bytes"], mine["cold_bytes"], mine["dedup_ratio"]) == (400, 2000, 3.0)
+    (where,) = stats["storages"]
+    assert (where["warm_bytes"], where["cold_bytes"], where["dedup_ratio"]) == (1000, 2000, 3.0)
+    assert where["tiers_measured"].startswith("2026-01-02")

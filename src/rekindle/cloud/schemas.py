@@ -131,6 +131,11 @@ class ServerStats(BaseModel):
     latest_bytes: int
     #: What its restore points added to the repository after deduplication and compression.
     stored_bytes: int
+    dedup_ratio: float | None
+    #: Stored bytes its restore points use in warm packs and in the archive tier, as the last
+    #: retention run measured them (data shared with other servers counts for each).
+    warm_bytes: int | None
+    cold_bytes: int | None
     last_backup: datetime | None
 
 
@@ -141,6 +146,11 @@ class StorageStats(BaseModel):
     total_bytes: int | None
     percent: float | None
     checked: datetime | None
+    #: The organization's packs there: warm, and moved to the archive tier (last retention run).
+    warm_bytes: int | None
+    cold_bytes: int | None
+    tiers_measured: datetime | None
+    dedup_ratio: float | None
 
 
 class StatsOut(BaseModel):
@@ -149,8 +159,9 @@ class StatsOut(BaseModel):
     #: What they take in the repository after deduplication and compression.
     stored_bytes: int
     dedup_ratio: float | None
-    warm_bytes: int
-    cold_bytes: int
+    #: Sums over the storages measured by a retention run (None before the first).
+    warm_bytes: int | None
+    cold_bytes: int | None
     restore_points: int
     servers: list[ServerStats]
     storages: list[StorageStats]
