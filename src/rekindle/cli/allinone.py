@@ -50,6 +50,16 @@ def allinone(
     exit_after_backup: Annotated[
         bool, typer.Option(help="Stop once the first backup is done (for scripts).")
     ] = False,
+    archive_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The storage's archive tier, where data only old restore points use moves "
+            "(default: VAR/archive; put it on another disk for real savings)."
+        ),
+    ] = None,
+    thaw_delay_s: Annotated[
+        float, typer.Option(help="How long a defreeze from the archive tier takes.")
+    ] = 0.0,
 ) -> None:
     """Run cloud, storage node and a local agent together on embedded defaults."""
     from rekindle.agent.client import enroll
@@ -91,8 +101,9 @@ def allinone(
         keyfile=state.tls_key,
         client_ca=state.ca_file,
     )
+    archive = (archive_dir or var / "archive").resolve()
     storage = make_server(
-        node_app(storage_dir),
+        node_app(storage_dir, archive_dir=archive, thaw_delay_s=thaw_delay_s),
         host=host,
         port=storage_port,
         certfile=storage_dir / "tls.pem",
@@ -102,7 +113,9 @@ def allinone(
     _start(storage, "storage node")
     out.print(f"console      {cloud_url}/ui/  (log in as admin@localhost)")
     out.print(f"cloud API    {cloud_url}/api/v1  (OpenAPI: {cloud_url}/docs)")
-    out.print(f"storage node {storage_url}  (data in {storage_dir / 'orgs'})")
+    out.print(
+        f"storage node {storage_url}  (data in {storage_dir / 'orgs'}, archive tier {archive})"
+    )
 
     admin = svc.list_admins_by_email("admin@localhost")
     actor = Actor(admin.id, admin.org_id, admin.role)
