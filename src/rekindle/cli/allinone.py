@@ -109,8 +109,8 @@ def allinone(
         certfile=storage_dir / "tls.pem",
         keyfile=storage_dir / "tls.key",
     )
+    _start(storage, "storage node")  # first: the cloud measures its storage at once
     _start(cloud, "cloud")
-    _start(storage, "storage node")
     out.print(f"console      {cloud_url}/ui/  (log in as admin@localhost)")
     out.print(f"cloud API    {cloud_url}/api/v1  (OpenAPI: {cloud_url}/docs)")
     out.print(
