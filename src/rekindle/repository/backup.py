@@ -360,7 +360,9 @@ class Archiver:
             return False
         return self._spec.match_file(rel + "/" if is_dir else rel)
 
-    def _node(self, name: bytes, st: os.stat_result, path: bytes) -> Node:
+    def _node(self, name: bytes, st: os.stat_result, path: bytes, *, xattrs: bool = True) -> Node:
+        """The node of a directory entry; a regular file's xattrs are left to `_add_file`
+        (`xattrs` False), which takes them from the files cache when the file is unchanged."""
         mode = st.st_mode
         t = _NODE_TYPES.get(stat.S_IFMT(mode), NodeType.SOCKET)
         user, group = self._names(st.st_uid, st.st_gid)
@@ -383,7 +385,7 @@ class Archiver:
             node.link_target = os.readlink(path)
         elif t in (NodeType.CHARDEV, NodeType.BLOCKDEV):
             node.rdev = st.st_rdev
-        if t is not NodeType.SYMLINK:
+        if t is not NodeType.SYMLINK and (xattrs or t is not NodeType.FILE):
             node.xattrs = _read_xattrs(path)
         return node
 
@@ -401,10 +403,18 @@ class Archiver:
             and self._cached_content_ok(cached[4])
         ):
             node.content = list(cached[4])
+            # Setting or removing an xattr changes the ctime: with the same ctime, the
+            # xattrs are those of the last backup (one listxattr less per unchanged file).
+            if len(cached) > 5:
+                node.xattrs = [(bytes(k), bytes(v)) for k, v in cached[5]]
+            else:  # a cache entry from before xattrs were kept in it
+                node.xattrs = _read_xattrs(path)
+                cached = [*cached[:5], node.xattrs]
             frame.cache_entries[node.name] = cached
             with self.stats.lock:
                 self.stats.files_unmodified += 1
             return
+        node.xattrs = _read_xattrs(path)
         frame.queued.append((node, path, st, b"changed" if cached is not None else b"new"))
         self._inflight += 1
 
@@ -460,7 +470,7 @@ class Archiver:
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if self._excluded(child_rel, is_dir):
                     continue
-                child_node = self._node(name, st, child)
+                child_node = self._node(name, st, child, xattrs=not stat.S_ISREG(st.st_mode))
             except OSError as e:
                 self._miss(child, e)
                 continue
@@ -506,6 +516,7 @@ class Archiver:
                     st.st_ctime_ns,
                     st.st_ino,
                     res.content,
+                    node.xattrs,
                 ]
         nodes = [n for n in frame.nodes if id(n) not in missed]
         ids = self.store_tree(nodes)

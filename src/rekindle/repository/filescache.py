@@ -2,8 +2,9 @@
 read again.
 
 One SQLite row per directory (absolute path, as bytes) holding, for each file, the stat
-fields that identify an unchanged file (size, mtime_ns, ctime_ns, inode) and its content
-list. A second table remembers which index files existed when the cache was written: if all
+fields that identify an unchanged file (size, mtime_ns, ctime_ns, inode), its content list
+and its xattrs (an xattr change moves the ctime, so an unchanged file's xattrs need not be
+listed again). A second table remembers which index files existed when the cache was written: if all
 of them still exist, every cached chunk is still in the repository (prune removes chunks
 only by replacing index files); otherwise cached chunks are checked against the index.
 The cache is a hint: losing it costs a re-read, never data.
@@ -17,7 +18,8 @@ from typing import Any
 
 import msgpack
 
-# name -> [size, mtime_ns, ctime_ns, inode, content]
+# name -> [size, mtime_ns, ctime_ns, inode, content, xattrs as [[name, value], ...]]
+# (entries written before xattrs were kept have five fields)
 DirEntries = dict[bytes, list[Any]]
 
 

@@ -104,6 +104,42 @@ def test_incremental_reads_only_changed_files(tmp_path: Path) -> None:
     assert tree_differences(src, tmp_path / "out") == []
 
 
+def test_unchanged_files_keep_their_xattrs_and_a_changed_xattr_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(os.urandom(3000))
+        os.setxattr(src / f"f{i}", "user.tag", f"v{i}".encode())
+    repo = make_repo(MemoryBackend(), tmp_path / "cache")
+    with repo:
+        backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+        # an unchanged file's xattrs come from the files cache, not from listxattr
+        listed: list[bytes] = []
+        real = os.listxattr
+
+        def counting(path: bytes, **kw: bool) -> list[str]:
+            listed.append(path)
+            return real(path, **kw)
+
+        monkeypatch.setattr(os, "listxattr", counting)
+        second = backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+        assert second.stats.files_unmodified == 3
+        assert not [p for p in listed if os.path.basename(p).startswith(b"f")]
+        restore(repo, second.snapshot, tmp_path / "out2")
+        assert tree_differences(src, tmp_path / "out2") == []  # xattrs included
+        # setting an xattr moves the ctime: the next backup sees the new value
+        os.setxattr(src / "f1", "user.tag", b"changed")
+        os.setxattr(src / "f2", "user.more", b"added")
+        third = backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+        assert third.stats.files_unmodified == 1
+        restore(repo, third.snapshot, tmp_path / "out3")
+    assert os.getxattr(tmp_path / "out3" / "f1", "user.tag") == b"changed"
+    assert os.getxattr(tmp_path / "out3" / "f2", "user.more") == b"added"
+    assert tree_differences(src, tmp_path / "out3") == []
+
+
 def test_unreadable_file_is_missed_not_fatal_and_retried(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root reads every file: permissions cannot make one unreadable")
