@@ -25,10 +25,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pathspec
+from typing import TYPE_CHECKING
 
 from rekindle import __version__
+
+if TYPE_CHECKING:
+    import pathspec
 from rekindle.core.errors import RekindleError, UsageError
 from rekindle.format import codec
 from rekindle.format.chunker import Chunker
@@ -187,6 +189,12 @@ def _owner_names() -> Callable[[int, int], tuple[str | None, str | None]]:
     return lookup
 
 
+def _gitignore(patterns: list[str]) -> pathspec.GitIgnoreSpec:
+    import pathspec  # only when there are patterns: a tenth of the start-up otherwise
+
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
 def _read_xattrs(path: bytes) -> list[tuple[bytes, bytes]]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -220,9 +228,7 @@ class Archiver:
         self.writer = BlobWriter(repo)
         self._chunkers = threading.local()
         self._names = _owner_names()
-        self._spec = (
-            pathspec.GitIgnoreSpec.from_lines(options.excludes) if options.excludes else None
-        )
+        self._spec = _gitignore(options.excludes) if options.excludes else None
         cache_path = repo.cache_dir / "files.sqlite" if repo.cache_dir else None
         self.files_cache = FilesCache(cache_path)
         self._cache_trusted = False  # decided in run(), once the index is synced
