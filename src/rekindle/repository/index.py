@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rekindle.format.pack import BlobEntry
 from rekindle.format.registry import BlobKind
@@ -199,17 +200,12 @@ class LocalIndex:
     def lookup_many(self, ids: Iterable[bytes]) -> dict[bytes, list[Location]]:
         """Every known location of each id, warm ones first, in one query per 500 ids
         (restore batches)."""
-        todo = list(set(ids))
         out: dict[bytes, list[Location]] = {}
         with self._lock:
-            for i in range(0, len(todo), 500):
-                batch = todo[i : i + 500]
-                marks = ",".join("?" * len(batch))
-                where = f"WHERE id IN ({marks})"  # only '?' marks: no injection
-                for r in self._db.execute(_SELECT_LOCATIONS + where, batch):
-                    out.setdefault(r[0], []).append(
-                        Location(r[1], BlobEntry(r[0], BlobKind(r[2]), r[3], r[4], r[5]))
-                    )
+            for r in self._rows_in(_SELECT_LOCATIONS, "id", ids):
+                out.setdefault(r[0], []).append(
+                    Location(r[1], BlobEntry(r[0], BlobKind(r[2]), r[3], r[4], r[5]))
+                )
         if self._cold:
             out = {k: self._warm_first(v) for k, v in out.items()}
         return out
@@ -252,21 +248,10 @@ class LocalIndex:
 
     def missing(self, ids: Iterable[bytes]) -> set[bytes]:
         """The ids among `ids` that the index does not know, in batches."""
-        todo = list(set(ids))
-        out: set[bytes] = set()
+        todo = set(ids)
         with self._lock:
-            for i in range(0, len(todo), 500):
-                batch = todo[i : i + 500]
-                marks = ",".join("?" * len(batch))
-                found = {
-                    r[0]
-                    for r in self._db.execute(
-                        f"SELECT DISTINCT id FROM blobs WHERE id IN ({marks})",  # noqa: S608 - only '?' marks
-                        batch,
-                    )
-                }
-                out.update(x for x in batch if x not in found)
-        return out
+            found = {r[0] for r in self._rows_in("SELECT DISTINCT id FROM blobs", "id", todo)}
+        return todo - found
 
     def missing_warm(self, ids: Iterable[bytes]) -> set[bytes]:
         """The ids among `ids` that no pack outside the cold set holds."""
@@ -294,16 +279,23 @@ class LocalIndex:
 
     def entries_of(self, packs: Iterable[bytes]) -> dict[bytes, list[BlobEntry]]:
         """The blob entries of each of `packs` that the index names."""
-        todo = list(set(packs))
         out: dict[bytes, list[BlobEntry]] = {}
         with self._lock:
-            for i in range(0, len(todo), 500):
-                batch = todo[i : i + 500]
-                marks = ",".join("?" * len(batch))
-                query = f"{_SELECT_ENTRIES} WHERE pack IN ({marks})"
-                for r in self._db.execute(query, batch):
-                    out.setdefault(r[0], []).append(BlobEntry(r[1], BlobKind(r[2]), *r[3:6]))
+            for r in self._rows_in(_SELECT_ENTRIES, "pack", packs):
+                out.setdefault(r[0], []).append(BlobEntry(r[1], BlobKind(r[2]), *r[3:6]))
         return out
+
+    def _rows_in(self, select: str, column: str, values: Iterable[bytes]) -> list[Any]:
+        """The rows of `select` whose `column` is one of `values`, 500 values per query.
+        Called with the lock held; `select` and `column` are constants of this module."""
+        todo = list(set(values))
+        rows: list[Any] = []
+        for i in range(0, len(todo), 500):
+            batch = todo[i : i + 500]
+            marks = ",".join("?" * len(batch))
+            query = f"{select} WHERE {column} IN ({marks})"
+            rows += self._db.execute(query, batch).fetchall()
+        return rows
 
     def counts(self) -> tuple[int, int]:
         """(distinct blobs, distinct packs)."""

@@ -319,6 +319,17 @@ def _only(src: Path, **files: bytes) -> None:
         (src / name).write_bytes(data)
 
 
+def _old_then_new(repo: Repository, src: Path, clock: FakeClock, **old: bytes) -> Snapshot:
+    """A backup of `old`, then 100 days later one of a small new file alone: every pack of
+    the first is cold. Returns the first."""
+    _only(src, **old)
+    first = _backup(repo, src)
+    clock.advance(100 * 86400)
+    _only(src, z=os.urandom(20_000))
+    _backup(repo, src)
+    return first
+
+
 def test_a_restore_that_opened_the_repository_before_the_mark_reads_warm_copies(
     tmp_path: Path, archive: tuple[LocalArchiveBackend, FakeClock]
 ) -> None:
@@ -389,12 +400,10 @@ def test_a_move_cut_short_is_recorded_and_finished_by_the_next_run(
     b, clock = archive
     src = tmp_path / "src"
     src.mkdir()
-    _only(src, a=os.urandom(100_000), b=os.urandom(100_000), c=os.urandom(100_000))
     with make_repo(b, tmp_path / "cache", clock=clock) as repo:
-        _backup(repo, src)
-        clock.advance(100 * 86400)
-        _only(src, z=os.urandom(20_000))
-        _backup(repo, src)
+        _old_then_new(
+            repo, src, clock, a=os.urandom(100_000), b=os.urandom(100_000), c=os.urandom(100_000)
+        )
 
         def dies_after_one(names: list[str]) -> None:
             b.archive(names[0])
@@ -424,12 +433,8 @@ def test_a_damaged_tier_record_is_reported_and_replaced(
     src = tmp_path / "src"
     src.mkdir()
     small = os.urandom(20_000)
-    _only(src, big=os.urandom(150_000), small=small)
     with make_repo(b, tmp_path / "cache", clock=clock) as repo:
-        _backup(repo, src)
-        clock.advance(100 * 86400)
-        _only(src, z=os.urandom(20_000))
-        _backup(repo, src)
+        _old_then_new(repo, src, clock, big=os.urandom(150_000), small=small)
         assert tier(repo, _cold(clock), grace=timedelta(0)).packs_moved
         (record,) = repo.tier_records
         archived = set(repo.tier_records[record].packs)
