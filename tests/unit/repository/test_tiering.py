@@ -29,6 +29,7 @@ from rekindle.repository.restore import restore
 from rekindle.repository.tiering import stored_usage, tier
 from rekindle.repository.writer import BlobWriter
 from rekindle.store.memory import MemoryBackend
+from rekindle.store.s3 import S3Backend
 from rekindle.store.tier import LocalArchiveBackend, TierState
 from tests.helpers import PASSWORD, make_repo, tree_differences
 
@@ -455,3 +456,39 @@ def test_a_damaged_tier_record_is_reported_and_replaced(
         moved = {p for r in repo.tier_records.values() if r.moved for p in r.packs}
         assert archived <= moved
         assert check(repo).ok
+
+
+def test_tiering_on_s3_moves_packs_to_the_glacier_class(
+    tmp_path: Path, s3_bucket: str, s3_endpoint: str
+) -> None:
+    import boto3
+
+    clock = FakeClock(T0)
+    b = S3Backend(s3_bucket, "repo", archive_class="GLACIER")
+    src = tmp_path / "src"
+    src.mkdir()
+    old_only = os.urandom(150_000)
+    with make_repo(b, tmp_path / "cache", clock=clock) as repo:
+        old = _old_then_new(repo, src, clock, old=old_only)
+        new = repo.snapshots()[-1]
+        report = tier(repo, _cold(clock), grace=timedelta(0))
+        assert report.packs_moved >= 1
+        moved = {p for r in repo.tier_records.values() for p in r.packs}
+        raw = boto3.client("s3", endpoint_url=s3_endpoint)
+        try:
+            for name in moved:  # the objects really changed storage class
+                head = raw.head_object(Bucket=s3_bucket, Key=f"repo/{name}")
+                assert head["StorageClass"] == "GLACIER", name
+            warm = [i.name for i in b.list("data/") if i.name not in moved]
+            assert warm
+            for name in warm:
+                head = raw.head_object(Bucket=s3_bucket, Key=f"repo/{name}")
+                assert head.get("StorageClass") in (None, "STANDARD")
+        finally:
+            raw.close()
+        assert not restore(repo, new, tmp_path / "r-new").errors  # warm: no thaw
+        assert restore(repo, old, tmp_path / "r-cold").errors  # cold: a thaw first
+        for name in moved:
+            b.thaw(name, days=1)  # RestoreObject; moto restores at once
+        assert not restore(repo, old, tmp_path / "r-old").errors
+        assert (_restored(tmp_path / "r-old", src) / "old").read_bytes() == old_only
