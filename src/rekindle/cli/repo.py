@@ -12,11 +12,9 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from rekindle.cli.common import (
     CTX,
@@ -40,8 +38,25 @@ key_app = typer.Typer(
 )
 app.add_typer(key_app, name="key")
 
-out = Console()
-err = Console(stderr=True)
+
+class _Console:
+    """rich's console, created at its first use: rich is not imported before the key
+    derivation, the peak of a command's memory (see format/codec.py)."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return getattr(self._console, name)
+
+
+out = _Console()
+err = _Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
@@ -156,7 +171,6 @@ def backup(
     json_: JsonOpt = False,
 ) -> None:
     """Back up PATHS into a new restore point. Exit status 3: done, but files were missed."""
-    from rekindle.cli.progress import LiveProgress, backup_line
     from rekindle.repository.backup import BackupOptions, BackupStats
     from rekindle.repository.backup import backup as run_backup
 
@@ -177,11 +191,15 @@ def backup(
         tags=list(tag or []),
         host=host,
     )
-    stats = BackupStats()
-    live = LiveProgress(lambda: backup_line(stats), enabled=None)
-    opts.estimate = live.enabled
-    with open_repo() as repo, live:
-        result = run_backup(repo, opts, stats)
+    with open_repo() as repo:
+        # rich only after the key derivation, the peak of memory (see format/codec.py)
+        from rekindle.cli.progress import LiveProgress, backup_line
+
+        stats = BackupStats()
+        live = LiveProgress(lambda: backup_line(stats), enabled=None)
+        opts.estimate = live.enabled
+        with live:
+            result = run_backup(repo, opts, stats)
     snap = result.snapshot
     summary = {
         "id": snap.id,
@@ -295,6 +313,8 @@ def snapshots(
             ]
         )
         return
+    from rich.table import Table
+
     t = Table("ID", "Time", "Host", "Paths", "Tags", "Size", box=None)
     for s in snaps:
         t.add_row(
@@ -600,6 +620,8 @@ def key_list(json_: JsonOpt = False) -> None:
     if json_:
         print_json(rows)
         return
+    from rich.table import Table
+
     t = Table("ID", "Kind", "Label", "Created", box=None)
     for r in rows:
         t.add_row(r["id"][:12], r["kind"], r["label"], r["created"])

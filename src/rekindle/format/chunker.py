@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pyfastcdc import FastCDC
-
 from rekindle.format.config import RepoConfig
 
 
@@ -13,6 +11,10 @@ class Chunker:
     """Cuts buffers into chunks. One instance per thread: FastCDC objects are not shareable."""
 
     def __init__(self, config: RepoConfig, seed: int) -> None:
+        # Imported here, not with the module: not before a command's key derivation, the
+        # peak of its memory (see format/codec.py).
+        from pyfastcdc import FastCDC
+
         self.min_size = config.chunk_min
         self.max_size = config.chunk_max
         self._cdc = FastCDC(

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import threading
-
-import zstandard
+from typing import TYPE_CHECKING
 
 from rekindle.core.errors import FormatError, IntegrityError
 from rekindle.format.registry import Codec
+
+if TYPE_CHECKING:
+    import zstandard
+
+# zstandard is imported where it is first used, not with this module: a command that opens
+# a repository derives its key (32 MiB of Argon2id) before it needs it, and that moment is
+# the peak of its memory.
 
 # Compressed output must save at least 1/32 of the input to be kept.
 _MIN_SAVING_SHIFT = 5
@@ -19,6 +25,8 @@ _local = threading.local()
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
+    import zstandard
+
     cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "c", None)
     if cache is None:
         cache = _local.c = {}
@@ -29,6 +37,8 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
+    import zstandard
+
     d: zstandard.ZstdDecompressor | None = getattr(_local, "d", None)
     if d is None:
         d = _local.d = zstandard.ZstdDecompressor()
@@ -59,6 +69,8 @@ def decode_view(payload: bytes | memoryview, what: str) -> bytes | memoryview:
     if codec == Codec.NONE:
         return body
     if codec == Codec.ZSTD:
+        import zstandard
+
         try:
             declared = zstandard.frame_content_size(body)
             if declared < 0 or declared > MAX_PLAINTEXT:

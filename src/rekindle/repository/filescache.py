@@ -12,7 +12,6 @@ The cache is a hint: losing it costs a re-read, never data.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ class FilesCache:
         target = ":memory:" if path is None else str(path)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        import sqlite3  # here, not at import: see format/codec.py
+
         self._db = sqlite3.connect(target, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout = 60000")
         self._db.execute("PRAGMA synchronous = OFF")

@@ -12,7 +12,6 @@ Safe for several threads (one connection behind a lock) and several processes (W
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -94,6 +93,8 @@ class LocalIndex:
         target = ":memory:" if path is None else str(path)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        import sqlite3  # here, not at import: see format/codec.py
+
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
