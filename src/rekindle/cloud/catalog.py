@@ -34,8 +34,6 @@ from rekindle.store.retry import RetryingBackend
 
 #: A catalog token lives only as long as one planning needs.
 CATALOG_TOKEN_TTL_S = 600
-#: Packs per tier request to a storage node.
-TIER_BATCH = 5000
 #: A maintenance token covers one retention run, prune and check included.
 MAINTENANCE_TOKEN_TTL_S = 24 * 3600
 
@@ -164,10 +162,8 @@ class StorageCatalog:
         info = http.tier_info()
         if not info.get("archive") or not packs:
             return [], 0.0
-        cold: list[str] = []
-        for i in range(0, len(packs), TIER_BATCH):
-            states = http.tier("state", packs[i : i + TIER_BATCH])
-            cold += [p for p, state in states.items() if state in ("archived", "thawing")]
+        states = http.tier("state", packs)
+        cold = [p for p, state in states.items() if state in ("archived", "thawing")]
         return sorted(cold), float(str(info.get("thaw_estimate_s") or 0))
 
     @contextlib.contextmanager
@@ -183,11 +179,8 @@ class StorageCatalog:
 
     def thaw(self, storage_url: str, org: int, packs: list[str], days: int) -> dict[str, str]:
         """Ask the node to thaw `packs` (idempotent); their states afterwards."""
-        states: dict[str, str] = {}
         with self._node(storage_url, org) as http:
-            for i in range(0, len(packs), TIER_BATCH):
-                states.update(http.tier("thaw", packs[i : i + TIER_BATCH], days=days))
-        return states
+            return http.tier("thaw", packs, days=days)
 
     def usage(self, storage_url: str, org: int) -> dict[str, Any]:
         """The organization's bytes on the node and the node's filesystem (None on S3)."""

@@ -254,13 +254,13 @@ class LocalIndex:
             found = {r[0] for r in self._rows_in("SELECT DISTINCT id FROM blobs", "id", todo)}
         return todo - found
 
-    def missing_warm(self, ids: Iterable[bytes]) -> set[bytes]:
-        """The ids among `ids` that no pack outside the cold set holds."""
+    def missing_warm(self, ids: Iterable[bytes], *, also_cold: Iterable[bytes] = ()) -> set[bytes]:
+        """The ids among `ids` that no pack outside the cold set (and `also_cold`) holds."""
         todo = set(ids)
-        if not self._cold:
+        cold = self._cold | frozenset(also_cold)
+        if not cold:
             return self.missing(todo)
         located = self.lookup_many(todo)
-        cold = self._cold
         return {i for i in todo if not any(loc.pack not in cold for loc in located.get(i, ()))}
 
     def packs(self) -> dict[bytes, int]:

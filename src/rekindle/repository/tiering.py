@@ -24,7 +24,7 @@ from rekindle.repository.locks import Lock, list_locks
 from rekindle.repository.prune import _read_all_snapshots, _used_ids
 from rekindle.repository.repo import Repository, pack_name, parse_pack_name
 from rekindle.repository.writer import BlobWriter
-from rekindle.store.tier import archiver_of, tier_states_of
+from rekindle.store.tier import BatchArchive, batch_archive_of
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ MIN_COLD_SHARE = 0.5
 #: Tiering may not run with these (prune deletes and repacks what tiering reads and moves).
 TIER_CONFLICTS = frozenset({"prune", "tier", "repair"})
 
-Archiver = Callable[[list[str]], None]
-StateReader = Callable[[list[str]], dict[str, str]]
 IsCold = Callable[[Snapshot], bool]
 ColdRule = Callable[[], IsCold]
 
@@ -77,8 +75,7 @@ def tier(
     repo: Repository,
     cold_rule: ColdRule,
     *,
-    archive: Archiver | None = None,
-    states: StateReader | None = None,
+    archive: BatchArchive | None = None,
     grace: timedelta = timedelta(hours=1),
     min_cold_share: float = MIN_COLD_SHARE,
     progress: Callable[[str], None] | None = None,
@@ -88,11 +85,10 @@ def tier(
     `cold_rule()` is asked at each phase for the predicate that tells cold restore points
     from warm ones (the cloud answers from its catalog of the moment: a restore queued
     meanwhile keeps its restore point warm)."""
-    mover = archive or archiver_of(repo.backend)
-    ask = states or tier_states_of(repo.backend)
-    if mover is None or ask is None:
+    store = archive or batch_archive_of(repo.backend)
+    if store is None:
         raise UsageError("this storage has no archive tier: nothing can be moved to one")
-    run = _Run(repo, cold_rule, mover, ask, grace, progress or (lambda _msg: None))
+    run = _Run(repo, cold_rule, store, grace, progress or (lambda _msg: None))
     with Lock(repo, "tier", conflicts=TIER_CONFLICTS):
         repo.sync_index()
         run.recover_damaged_records()
@@ -107,11 +103,18 @@ def tier(
 class _Run:
     repo: Repository
     cold_rule: ColdRule
-    mover: Archiver
-    states: StateReader
+    archive: BatchArchive
     grace: timedelta
     say: Callable[[str], None]
     report: TierReport = field(default_factory=TierReport)
+    _sizes: dict[str, int] | None = None
+
+    def data_sizes(self) -> dict[str, int]:
+        """Every data pack and its size, listed once a run: under the tier lock no prune
+        deletes a pack, and the packs backups add meanwhile are none of this run's."""
+        if self._sizes is None:
+            self._sizes = {info.name: info.size for info in self.repo.backend.list("data/")}
+        return self._sizes
 
     def warm_and_cold(self, *, count: bool = False) -> tuple[set[bytes], set[bytes]]:
         """Blobs warm restore points use; blobs only cold ones use. Restore points are read
@@ -134,14 +137,6 @@ class _Run:
         cold = _used_ids(repo, cold_snaps) - warm
         return warm, cold
 
-    def has_warm_copy(self, blob: bytes, leaving: set[bytes]) -> bool:
-        """Whether a pack outside the cold set and outside `leaving` holds `blob`."""
-        cold = self.repo.index.cold
-        return any(
-            loc.pack not in cold and loc.pack not in leaving
-            for loc in self.repo.index.lookup_all(blob)
-        )
-
     def recover_damaged_records(self) -> None:
         """A damaged record hides which packs are archived: ask the archive about every data
         pack outside the cold set, record the archived ones, then drop the damaged record."""
@@ -151,11 +146,11 @@ class _Run:
         self.say(f"replacing {len(repo.damaged_tier_records)} damaged tier record(s)")
         cold = repo.index.cold
         names = [
-            info.name
-            for info in repo.backend.list("data/")
-            if (pid := _data_pack(info.name)) is not None and pid not in cold
+            name
+            for name in self.data_sizes()
+            if (pid := _data_pack(name)) is not None and pid not in cold
         ]
-        archived = [n for n, state in self.states(names).items() if state != "warm"]
+        archived = [n for n, state in self.archive.archive_states(names).items() if state != "warm"]
         if archived:
             repo.write_tier_record(archived, moved=True)
         for name in list(repo.damaged_tier_records):
@@ -198,17 +193,20 @@ class _Run:
         """Copy the warm blobs of mixed packs that have no other warm copy into new packs;
         a mixed pack one of whose blobs cannot be read (a pack archived without a record)
         stays warm."""
-        copied: set[bytes] = set()
+        # the warm blobs whose every other copy is cold or leaves with these packs
+        needed = self.repo.index.missing_warm(
+            (e.id for entries in mixed.values() for e in entries), also_cold=leaving
+        )
         writer = BlobWriter(self.repo)
         try:
             for pid, warm_entries in list(mixed.items()):
                 try:
                     for e in sorted(warm_entries, key=lambda x: x.offset):
-                        if e.id in copied or self.has_warm_copy(e.id, leaving):
+                        if e.id not in needed:
                             continue
                         # a verified read; the copies made before a failure are harmless
                         writer.store_plain(e.kind, e.id, self.repo.read_blob(e.id))
-                        copied.add(e.id)
+                        needed.discard(e.id)
                         self.report.blobs_copied += 1
                         self.report.bytes_copied += e.length
                 except ArchivedError:
@@ -243,6 +241,10 @@ class _Run:
             if (pid := _data_pack(name)) is not None
         }
         tables = repo.index.entries_of(pids)
+        # blobs warm restore points use that have no copy outside the cold set
+        stranded = repo.index.missing_warm(
+            e.id for entries in tables.values() for e in entries if e.id in warm
+        )
         finish: list[str] = []  # named by a moved record: a move cut short, finished now
         new: list[str] = []
         for pid, name in pids.items():
@@ -253,7 +255,7 @@ class _Run:
             if entries is None:
                 continue  # no index names it: prune condemned it meanwhile
             # A backup that started before the record may have used it: keep it warm then.
-            if any(e.id in warm and not self.has_warm_copy(e.id, set()) for e in entries):
+            if any(e.id in stranded for e in entries):
                 report.packs_kept_warm += 1
                 continue
             new.append(name)
@@ -262,10 +264,9 @@ class _Run:
             repo.write_tier_record(new, moved=True)
         if finish or new:
             self.say(f"moving {len(finish) + len(new)} packs to the archive tier")
-            sizes = {info.name: info.size for info in repo.backend.list("data/")}
-            self.mover(finish + new)
+            self.archive.archive_many(finish + new)
             report.packs_moved += len(new)
-            report.bytes_moved += sum(sizes.get(n, 0) for n in new)
+            report.bytes_moved += sum(self.data_sizes().get(n, 0) for n in new)
         for record in ready:
             repo.delete_tier_record(record.name)
 
@@ -275,7 +276,7 @@ class _Run:
         moved = [r for r in repo.tier_records.values() if r.moved]
         if not moved:
             return
-        sizes = {info.name: info.size for info in repo.backend.list("data/")}
+        sizes = self.data_sizes()
         alive = sorted({p for r in moved for p in r.packs if p in sizes})
         report.packs_cold = len(alive)
         report.bytes_cold = sum(sizes[p] for p in alive)

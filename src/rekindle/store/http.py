@@ -28,8 +28,10 @@ from rekindle.core.errors import (
 )
 from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
 
-#: Pack names per tier request (bounded request bodies and answers).
-TIER_BATCH = 200
+#: Pack names per tier request: bounded request bodies and answers; an archive request
+#: copies every object (S3), so it takes fewer.
+TIER_BATCH = 5000
+ARCHIVE_BATCH = 200
 
 
 class HttpBackend(Backend):
@@ -112,31 +114,30 @@ class HttpBackend(Backend):
         self._request("PUT", "grant", content=body, url=f"{self._org_path}/grants/{digest}")
 
     def tier(self, op: str, names: list[str], days: int = 7) -> dict[str, str]:
-        """Archive, thaw or ask the state of data packs (store/tier.py) on the node; returns
-        each pack's state afterwards. Needs the cloud's maintenance (archive) or catalog
-        token."""
-        body = json.dumps({"op": op, "names": names, "days": days}).encode()
-        resp = self._request(
-            "POST",
-            "tier",
-            content=body,
-            extra={"Content-Type": "application/json"},
-            url=f"{self._org_path}/tier",
-        )
-        states: dict[str, str] = resp.json()["states"]
+        """Archive, thaw or ask the state of data packs (store/tier.py) on the node, in
+        batches; returns each pack's state afterwards. Needs the cloud's maintenance
+        (archive) or catalog token."""
+        states: dict[str, str] = {}
+        step = ARCHIVE_BATCH if op == "archive" else TIER_BATCH
+        for i in range(0, len(names), step):
+            body = json.dumps({"op": op, "names": names[i : i + step], "days": days}).encode()
+            resp = self._request(
+                "POST",
+                "tier",
+                content=body,
+                extra={"Content-Type": "application/json"},
+                url=f"{self._org_path}/tier",
+            )
+            states.update(resp.json()["states"])
         return states
 
     def archive_many(self, names: list[str]) -> None:
         """Move data packs to the node's archive tier (the cloud's maintenance token)."""
-        for i in range(0, len(names), TIER_BATCH):
-            self.tier("archive", names[i : i + TIER_BATCH])
+        self.tier("archive", names)
 
     def archive_states(self, names: list[str]) -> dict[str, str]:
         """The tier state of data packs on the node."""
-        states: dict[str, str] = {}
-        for i in range(0, len(names), TIER_BATCH):
-            states.update(self.tier("state", names[i : i + TIER_BATCH]))
-        return states
+        return self.tier("state", names)
 
     def usage(self) -> dict[str, Any]:
         """The organization's bytes on the node and the node's filesystem (None on S3)."""

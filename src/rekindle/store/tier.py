@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, cast, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from rekindle.core.clock import Clock, SystemClock
 from rekindle.core.errors import ArchivedError, ObjectExistsError, ObjectNotFoundError
@@ -54,51 +54,49 @@ class Archive(Protocol):
     def tier_state(self, name: str) -> TierState: ...
 
 
+def _layers(backend: Backend) -> Iterator[object]:
+    """`backend` and the backends its wrappers (retries, limits) wrap, outermost first."""
+    seen: object = backend
+    while seen is not None:
+        yield seen
+        seen = getattr(seen, "inner", None)
+
+
 def archive_of(backend: Backend) -> Archive | None:
-    """The archive tier behind `backend` and its wrappers (retries, limits), if any."""
-    seen: object = backend
-    while seen is not None:
-        if isinstance(seen, Archive):
-            return seen
-        seen = getattr(seen, "inner", None)
-    return None
+    """The archive tier behind `backend` and its wrappers, if any."""
+    return next((x for x in _layers(backend) if isinstance(x, Archive)), None)
 
 
-def archiver_of(backend: Backend) -> Callable[[list[str]], None] | None:
-    """A function that moves a batch of data packs to the archive tier behind `backend`
-    (a storage node does it in one request per batch), if there is such a tier."""
-    seen: object = backend
-    while seen is not None:
-        many = getattr(seen, "archive_many", None)
-        if callable(many):
-            return cast(Callable[[list[str]], None], many)
-        if isinstance(seen, Archive):
-            return _one_by_one(seen)
-        seen = getattr(seen, "inner", None)
-    return None
+@runtime_checkable
+class BatchArchive(Protocol):
+    """An archive tier spoken to in batches (a storage node answers a batch per request)."""
+
+    def archive_many(self, names: list[str]) -> None: ...
+    def archive_states(self, names: list[str]) -> dict[str, str]: ...
 
 
-def tier_states_of(backend: Backend) -> Callable[[list[str]], dict[str, str]] | None:
-    """A function that answers the tier state (`TierState` values) of a batch of objects in
-    the archive tier behind `backend`, if there is one."""
-    seen: object = backend
-    while seen is not None:
-        many = getattr(seen, "archive_states", None)
-        if callable(many):
-            return cast(Callable[[list[str]], dict[str, str]], many)
-        if isinstance(seen, Archive):
-            store = seen
-            return lambda names: {name: store.tier_state(name).value for name in names}
-        seen = getattr(seen, "inner", None)
-    return None
+class _PerObject:
+    """`BatchArchive` over an `Archive` that works one object at a time."""
 
+    def __init__(self, store: Archive) -> None:
+        self.store = store
 
-def _one_by_one(store: Archive) -> Callable[[list[str]], None]:
-    def archive(names: list[str]) -> None:
+    def archive_many(self, names: list[str]) -> None:
         for name in names:
-            store.archive(name)
+            self.store.archive(name)
 
-    return archive
+    def archive_states(self, names: list[str]) -> dict[str, str]:
+        return {name: self.store.tier_state(name).value for name in names}
+
+
+def batch_archive_of(backend: Backend) -> BatchArchive | None:
+    """The archive tier behind `backend`, spoken to in batches, if there is one."""
+    for layer in _layers(backend):
+        if isinstance(layer, BatchArchive):
+            return layer
+        if isinstance(layer, Archive):
+            return _PerObject(layer)
+    return None
 
 
 class LocalArchiveBackend(Backend):

@@ -82,7 +82,6 @@ def test_cold_only_and_mixed_packs_move_and_warm_data_stays_warm(
         (src / "new.bin").write_bytes(os.urandom(40_000))
         clock.advance(100 * 86400)
         new = _backup(repo, src)
-        new_packs = set(_states(b)) - old_packs
 
         report = tier(repo, _cold(clock), grace=timedelta(0))
 
@@ -94,7 +93,6 @@ def test_cold_only_and_mixed_packs_move_and_warm_data_stays_warm(
         states = _states(b)
         assert all(states[p] is TierState.ARCHIVED for p in old_packs)
         assert all(s is TierState.WARM for p, s in states.items() if p not in old_packs)
-        assert new_packs <= set(states)
 
         # the measure of warm and cold bytes agrees, per restore point group too
         usage = stored_usage(repo, lambda snap: "old" if snap.id == old.id else "new")
@@ -406,12 +404,16 @@ def test_a_move_cut_short_is_recorded_and_finished_by_the_next_run(
             repo, src, clock, a=os.urandom(100_000), b=os.urandom(100_000), c=os.urandom(100_000)
         )
 
-        def dies_after_one(names: list[str]) -> None:
-            b.archive(names[0])
-            raise TransientStorageError("the connection dropped")
+        class DiesAfterOne:
+            def archive_many(self, names: list[str]) -> None:
+                b.archive(names[0])
+                raise TransientStorageError("the connection dropped")
+
+            def archive_states(self, names: list[str]) -> dict[str, str]:
+                return {n: b.tier_state(n).value for n in names}
 
         with pytest.raises(TransientStorageError):
-            tier(repo, _cold(clock), grace=timedelta(0), archive=dies_after_one)
+            tier(repo, _cold(clock), grace=timedelta(0), archive=DiesAfterOne())
         # every archived pack is in the cold set of a reader that opens the repository now
         with Repository.open(b, PASSWORD, cache_root=tmp_path / "c2", clock=clock) as fresh:
             archived = {n for n, s in _states(b).items() if s is TierState.ARCHIVED}
