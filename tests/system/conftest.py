@@ -259,11 +259,22 @@ def installation(
             "--password-file",
             str(root / "cloud" / "initial-admin-password"),
         )
-        yield prod
+        try:
+            yield prod
+        except BaseException:
+            _print_logs(root)  # a failure in CI is understood from its output alone
+            raise
     finally:
         for name in list(prod.procs):
             prod.stop(name)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _print_logs(root: Path, tail: int = 60) -> None:
+    """The last lines of each process's log, for pytest's captured output of a failure."""
+    for log in sorted(root.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-tail:]
+        print(f"----- {log.name} (last {len(lines)} lines) -----", *lines, sep="\n")
 
 
 @pytest.fixture(scope="module")

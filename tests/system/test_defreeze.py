@@ -51,7 +51,8 @@ def test_a_cold_restore_goes_through_a_defreeze(tmp_path: Path) -> None:
             (src / "docs" / "report.bin").write_bytes(os.urandom(400_000))
             (src / "notes.txt").write_text("cold but not lost\n" * 100)
             product.add_agent("coldhost", src)
-            assert product.backup_now("coldhost")["state"] == "succeeded"
+            backup = product.backup_now("coldhost")
+            assert backup["state"] == "succeeded", backup
             (point,) = product.admin_json("restore-points")
             packs = _archive_all_data_packs(product)
 

@@ -114,7 +114,7 @@ def test_a_shorter_retention_from_the_command_line(tmp_path: Path) -> None:
         product.add_agent("ret", src)
         for i in range(3):
             (src / f"v{i}.txt").write_text(f"version {i}\n" * 5000)
-            assert product.backup_now("ret")["state"] == "succeeded"
+            assert (b := product.backup_now("ret"))["state"] == "succeeded", b
         points = product.admin_json("restore-points")
         assert len(points) == 3
         policy = product.admin_json("groups")[0]["policy_id"]

@@ -31,7 +31,7 @@ def enrolled(product: Product) -> Path:
     product.admin("backup-set-add", str(sid), "files", "--include", str(src))
     product.start_agent("sec")
     product.wait_connected("sec")
-    assert product.backup_now("sec")["state"] == "succeeded"
+    assert (b := product.backup_now("sec"))["state"] == "succeeded", b
     product.stop("agent-sec")
     return product.agent_dir("sec")
 
@@ -184,7 +184,7 @@ def test_a_restore_token_reads_only_the_packs_its_restore_needs(
     product.start_agent("sec")
     product.wait_connected("sec")
     try:
-        assert product.backup_now("sec")["state"] == "succeeded"
+        assert (b := product.backup_now("sec"))["state"] == "succeeded", b
     finally:
         product.stop("agent-sec")
     later_packs = set(_objects(product, "data")) - first_packs
