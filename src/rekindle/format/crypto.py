@@ -32,6 +32,11 @@ def content_hash(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data, max_threads=1).digest()
 
 
+def content_hasher() -> blake3.blake3:
+    """`content_hash` of data fed in pieces (`update`, then `digest`)."""
+    return blake3.blake3(max_threads=1)
+
+
 @dataclass(frozen=True, slots=True)
 class RepoKeys:
     """The keys derived from one master key. Holds secrets: never log or repr it."""

@@ -1,13 +1,15 @@
 """Pack files: immutable containers of blobs of one kind (docs/FORMAT.md section 7).
 
-`PackBuilder` assembles a pack in a reusable buffer from already-encoded blobs; `read_table` and
-`open_blob` take it apart again, authenticating everything. No I/O: callers move the bytes.
+`PackBuilder` assembles a pack from already-encoded blobs and hands its bytes to a sink;
+`read_table` and `open_blob` take it apart again, authenticating everything. No I/O: callers
+move the bytes.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rekindle.core.errors import FormatError, IntegrityError
@@ -18,6 +20,7 @@ from rekindle.format.crypto import (
     TAG_SIZE,
     RepoKeys,
     Sealer,
+    content_hasher,
     open_sealed,
     open_sealed_into,
     seal,
@@ -54,25 +57,34 @@ def header(kind: BlobKind, salt: bytes) -> bytes:
 
 
 class PackBuilder:
-    """Assembles one pack in place in a buffer. Not thread-safe: one builder per writer.
+    """Assembles one pack front to back, handing its bytes in order to `sink` (a spool
+    file's `write`, or a bytearray's `extend`). Not thread-safe: one builder per writer.
 
-    Blobs are encrypted straight into the buffer, so a pack costs no copies; `finish` returns
-    a view of the buffer. Hand a buffer back in through `buffer=` to reuse it for the next
-    pack (fresh memory is slow to touch; reused memory is not).
+    Each blob is encrypted into a reusable scratch buffer and handed on from there, so a pack
+    never has to fit in memory; the pack's name (the hash of its bytes) is computed on the way.
+    Hand a scratch buffer back in through `scratch=` to reuse it for the next pack.
     """
 
     def __init__(
-        self, keys: RepoKeys, kind: BlobKind, level: int, *, buffer: bytearray | None = None
+        self,
+        keys: RepoKeys,
+        kind: BlobKind,
+        level: int,
+        sink: Callable[[memoryview], object],
+        *,
+        scratch: bytearray | None = None,
     ) -> None:
         self.kind = kind
         self._level = level
+        self._sink = sink
+        self._hasher = content_hasher()
         self._salt = os.urandom(SALT_SIZE)
         self._key = keys.pack_key(self._salt)
         self._sealer = Sealer(self._key)
         self._header = header(kind, self._salt)
-        self.buffer = buffer if buffer is not None else bytearray()
+        self.scratch = scratch if scratch is not None else bytearray()
         self._size = 0
-        self._append(self._header)
+        self._emit(memoryview(self._header))
         self.entries: list[BlobEntry] = []
 
     @property
@@ -82,20 +94,10 @@ class PackBuilder:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _room(self, n: int) -> memoryview:
-        """A view of the next n bytes of the buffer, growing it when needed."""
-        need = self._size + n
-        if len(self.buffer) < need:
-            # Grow in 4 MiB steps: a buffer is reused pack after pack, so it settles at
-            # the pack size plus one blob instead of 1.5 times the pack size.
-            self.buffer.extend(bytes(max(need - len(self.buffer), 4 << 20)))
-        view = memoryview(self.buffer)[self._size : need]
-        self._size = need
-        return view
-
-    def _append(self, data: bytes) -> None:
-        with self._room(len(data)) as view:
-            view[:] = data
+    def _emit(self, data: memoryview) -> None:
+        self._hasher.update(data)
+        self._sink(data)
+        self._size += len(data)
 
     def add(self, chunk_id: bytes, plaintext: bytes | memoryview) -> BlobEntry:
         """Compress (where it pays) and encrypt one blob; returns where it will sit."""
@@ -105,22 +107,25 @@ class PackBuilder:
         """Add a blob whose codec byte and payload were prepared by another thread."""
         offset = self._size
         length = NONCE_SIZE + len(payload) + TAG_SIZE
-        with self._room(length) as view:
+        if len(self.scratch) < length:
+            self.scratch.extend(bytes(length - len(self.scratch)))
+        with memoryview(self.scratch)[:length] as view:
             self._sealer.seal_into(payload, blob_aad(self.kind, chunk_id), view)
+            self._emit(view)
         entry = BlobEntry(chunk_id, self.kind, offset, length, raw_length)
         self.entries.append(entry)
         return entry
 
-    def finish(self) -> memoryview:
-        """Append the sealed blob table and the trailer; returns a view of the whole pack
-        (valid until the buffer is reused; release it first)."""
+    def finish(self) -> bytes:
+        """Append the sealed blob table and the trailer; returns the pack's id (the hash of
+        all its bytes, `crypto.content_hash`)."""
         table = bytearray(_COUNT.pack(len(self.entries)))
         for e in self.entries:
             table += _ENTRY.pack(e.id, e.kind, e.offset, e.length, e.raw_length)
         sealed_table = seal(self._key, bytes(table), b"RKBT" + self._header)
-        self._append(sealed_table)
-        self._append(_TRAILER.pack(len(sealed_table), END_MAGIC))
-        return memoryview(self.buffer)[: self._size]
+        self._emit(memoryview(sealed_table))
+        self._emit(memoryview(_TRAILER.pack(len(sealed_table), END_MAGIC)))
+        return self._hasher.digest()
 
 
 def parse_header(data: bytes, what: str) -> tuple[BlobKind, bytes]:

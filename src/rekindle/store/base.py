@@ -12,6 +12,8 @@ Contract (the conformance suite in tests/unit/store tests every point, for every
   ``exclusive=False`` replaces the object atomically (used for locks only).
 * ``read(name, offset, length)`` returns exactly the bytes asked for, or raises
   ObjectNotFoundError; ``length=None`` reads to the end. A short object raises StorageError.
+* ``write_spool(name, spool)`` is ``write`` of a spool's content (store/spool.py): a pack
+  assembled in a temporary file from ``new_spool()``. The spool stays the caller's to close.
 * ``list(prefix)`` yields every object whose name starts with ``prefix`` (order unspecified).
 * ``delete(name)`` removes the object; a missing object raises ObjectNotFoundError.
 * Errors are StorageError subclasses; TransientStorageError marks those worth a retry.
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from rekindle.core.errors import UsageError
+from rekindle.store.spool import Spool
 
 #: What `write` accepts: any contiguous bytes (packs are written from a reusable buffer).
 Buffer = bytes | bytearray | memoryview
@@ -58,6 +61,15 @@ class Backend(ABC):
 
     @abstractmethod
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def new_spool(self) -> Spool:
+        """A temporary file to assemble an object in; `write_spool` stores it."""
+        return Spool.anonymous()
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        """Store what was written to `spool` under `name` (as `write` does). This default
+        reads it back into memory; backends that can stream it or take the file over do so."""
+        self.write(name, spool.read_all(), exclusive=exclusive)
 
     @abstractmethod
     def stat(self, name: str) -> ObjectInfo: ...

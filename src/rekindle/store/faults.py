@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from rekindle.core.errors import NoSpaceError, StorageError, TransientStorageError
 from rekindle.store.base import Backend, Buffer, ObjectInfo
+from rekindle.store.spool import Spool
 from rekindle.store.wrapper import WrappingBackend
 
 
@@ -72,6 +73,12 @@ class FaultyBackend(WrappingBackend):
         if f is not None and f.effect != "bitflip":
             self._raise(f, "write", name)
         self.inner.write(name, data, exclusive=exclusive)
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        f = self._fire("write", name)
+        if f is not None and f.effect != "bitflip":
+            self._raise(f, "write", name)
+        self.inner.write_spool(name, spool, exclusive=exclusive)
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         f = self._fire("read", name)

@@ -27,6 +27,7 @@ from rekindle.core.errors import (
     TransientStorageError,
 )
 from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
+from rekindle.store.spool import Spool
 
 #: Pack names per tier request: bounded request bodies and answers; an archive request
 #: copies every object (S3), so it takes fewer.
@@ -66,7 +67,7 @@ class HttpBackend(Backend):
         name: str,
         *,
         params: dict[str, str] | None = None,
-        content: Buffer | None = None,
+        content: Buffer | Spool | None = None,
         extra: dict[str, str] | None = None,
         url: str | None = None,
     ) -> httpx.Response:
@@ -74,14 +75,15 @@ class HttpBackend(Backend):
         headers = self._headers()
         if extra:
             headers.update(extra)
+        body: bytes | Iterator[bytes] | None
+        if isinstance(content, Spool):
+            # Streamed from disk; a retry streams it again from the start.
+            body = content.pieces()
+            headers["Content-Length"] = str(content.size)
+        else:
+            body = bytes(content) if content is not None else None
         try:
-            resp = self._client.request(
-                method,
-                url,
-                params=params,
-                content=bytes(content) if content is not None else None,
-                headers=headers,
-            )
+            resp = self._client.request(method, url, params=params, content=body, headers=headers)
         except httpx.TransportError as e:
             raise TransientStorageError(f"storage node {self.location}: {e}") from e
         if resp.status_code < 300:
@@ -108,6 +110,10 @@ class HttpBackend(Backend):
     def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         check_name(name)
         self._request("PUT", name, params=None if exclusive else {"replace": "1"}, content=data)
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        check_name(name)
+        self._request("PUT", name, params=None if exclusive else {"replace": "1"}, content=spool)
 
     def register_grant(self, digest: str, body: bytes) -> None:
         """Tell the node which packs a restore may read (needs the cloud's catalog token)."""

@@ -2,9 +2,10 @@
 
 Writes are crash-safe: the bytes go to a temporary file in the target directory, which is
 fsynced, then linked (exclusive) or renamed (replace) into place, and the directory is
-fsynced, so after a crash an object is either whole or absent. Temporary files start with
-``.tmp-`` and are ignored by `list`; a crash can leave one behind, `clean_temporaries` removes
-those older than an hour.
+fsynced, so after a crash an object is either whole or absent. Packs are assembled in such a
+temporary file from the start (`new_spool`) and linked into place the same way. Temporary
+files start with ``.tmp-`` and are ignored by `list`; a crash can leave one behind,
+`clean_temporaries` removes those older than an hour.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rekindle.core.errors import (
     StorageError,
 )
 from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
+from rekindle.store.spool import Spool
 
 _TMP = ".tmp-"
 _PACK_PREFIXES = ("data/", "tree/")
@@ -110,6 +112,41 @@ class LocalBackend(Backend):
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+            raise _storage_error(e, f"writing {name}") from None
+        if self._fsync:
+            self._fsync_dir(path.parent)
+
+    def new_spool(self) -> Spool:
+        """A temporary file in the repository's own root, so `write_spool` links it into
+        place instead of copying it (a crash leaves a `.tmp-` file, see clean_temporaries)."""
+        self._ensure_dir(self.root)
+        path = self.root / f"{_TMP}spool-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise _storage_error(e, "creating a temporary pack file") from None
+        return Spool(fd, str(path), str(self.root))
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        if spool.path is None or Path(spool.path).parent != self.root:
+            super().write_spool(name, spool, exclusive=exclusive)  # not one of ours
+            return
+        path = self._path(name)
+        self._ensure_dir(path.parent)
+        tmp = spool.path
+        try:
+            if self._fsync:
+                os.fsync(spool.fd)
+            if exclusive:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise ObjectExistsError(f"{name} already exists") from None
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+            spool.path = None  # taken over: closing the spool must not remove it
+        except OSError as e:
             raise _storage_error(e, f"writing {name}") from None
         if self._fsync:
             self._fsync_dir(path.parent)

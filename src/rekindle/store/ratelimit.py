@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from rekindle.core.errors import UsageError
 from rekindle.store.base import Backend, Buffer
+from rekindle.store.spool import Spool
 from rekindle.store.wrapper import WrappingBackend
 
 
@@ -64,6 +65,10 @@ class RateLimitedBackend(WrappingBackend):
     def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         self.bucket.take(len(data))
         self.inner.write(name, data, exclusive=exclusive)
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        self.bucket.take(spool.size)
+        self.inner.write_spool(name, spool, exclusive=exclusive)
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         data = self.inner.read(name, offset, length)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from rekindle.core.errors import ReadOnlyError
 from rekindle.store.base import Buffer
+from rekindle.store.spool import Spool
 from rekindle.store.wrapper import WrappingBackend
 
 
 class ReadOnlyBackend(WrappingBackend):
     def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
+        raise ReadOnlyError(f"cannot write {name}: the repository is opened read-only")
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
         raise ReadOnlyError(f"cannot write {name}: the repository is opened read-only")
 
     def delete(self, name: str) -> None:

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from rekindle.core.errors import ObjectExistsError, StorageError
 from rekindle.store.base import Backend, Buffer, ObjectInfo
+from rekindle.store.spool import Spool
 from rekindle.store.wrapper import WrappingBackend
 
 log = logging.getLogger(__name__)
@@ -58,15 +59,24 @@ class RetryingBackend(WrappingBackend):
         raise AssertionError("unreachable")
 
     def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
+        self._write(name, lambda: self.inner.write(name, data, exclusive=exclusive), data)
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        self._write(name, lambda: self.inner.write_spool(name, spool, exclusive=exclusive), spool)
+
+    def _write(self, name: str, put: Callable[[], None], content: Buffer | Spool) -> None:
         first = True
 
         def attempt() -> None:
             nonlocal first
             try:
-                self.inner.write(name, data, exclusive=exclusive)
+                put()
             except ObjectExistsError:
                 # A retried write whose first attempt landed is a success, nothing else.
-                if first or self.inner.read(name) != bytes(data):
+                if first:
+                    raise
+                mine = content.read_all() if isinstance(content, Spool) else bytes(content)
+                if self.inner.read(name) != mine:
                     raise
             finally:
                 first = False

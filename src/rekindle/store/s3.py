@@ -9,6 +9,8 @@ which `RetryingBackend` retries; everything else is permanent.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from rekindle.core.errors import (
     UsageError,
 )
 from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
+from rekindle.store.spool import Spool
 from rekindle.store.tier import TierState
 
 #: Storage classes whose objects must be restored (thawed) before they can be read.
@@ -101,7 +104,16 @@ class S3Backend(Backend):
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
-        body = data if isinstance(data, bytes) else bytes(data)
+        self._put(name, data if isinstance(data, bytes) else bytes(data), exclusive=exclusive)
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        # boto3 streams a seekable file from its position (and seeks back to retry). The
+        # duplicate shares the spool's file offset, which the spool itself never uses to read.
+        with io.FileIO(os.dup(spool.fd), "rb") as body:
+            body.seek(0)
+            self._put(name, body, exclusive=exclusive)
+
+    def _put(self, name: str, body: bytes | io.FileIO, *, exclusive: bool) -> None:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name), "Body": body}
         if exclusive:
             args["IfNoneMatch"] = "*"

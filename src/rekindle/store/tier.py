@@ -36,6 +36,7 @@ from rekindle.core.clock import Clock, SystemClock
 from rekindle.core.errors import ArchivedError, ObjectExistsError, ObjectNotFoundError
 from rekindle.store.base import Backend, Buffer, ObjectInfo, check_name
 from rekindle.store.local import LocalBackend
+from rekindle.store.spool import Spool
 
 
 class TierState(StrEnum):
@@ -125,6 +126,14 @@ class LocalArchiveBackend(Backend):
         if exclusive and self.cold.exists(name):
             raise ObjectExistsError(f"writing {name}: already exists (archived)")
         self.warm.write(name, data, exclusive=exclusive)
+
+    def new_spool(self) -> Spool:
+        return self.warm.new_spool()
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        if exclusive and self.cold.exists(name):
+            raise ObjectExistsError(f"writing {name}: already exists (archived)")
+        self.warm.write_spool(name, spool, exclusive=exclusive)
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         try:

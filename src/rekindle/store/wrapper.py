@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rekindle.store.base import Backend, Buffer, ObjectInfo
+from rekindle.store.spool import Spool
 
 
 class WrappingBackend(Backend):
@@ -17,6 +18,12 @@ class WrappingBackend(Backend):
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self.inner.read(name, offset, length)
+
+    def new_spool(self) -> Spool:
+        return self.inner.new_spool()
+
+    def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
+        self.inner.write_spool(name, spool, exclusive=exclusive)
 
     def stat(self, name: str) -> ObjectInfo:
         return self.inner.stat(name)

@@ -17,7 +17,7 @@ from rekindle.core.errors import (
     WrongPasswordError,
 )
 from rekindle.format import codec, config, envelope, keyfile, pack
-from rekindle.format.crypto import RepoKeys
+from rekindle.format.crypto import RepoKeys, content_hash
 from rekindle.format.indexdoc import IndexDoc, PackEntries
 from rekindle.format.registry import BlobKind, FileKind, NodeType
 from rekindle.format.snapshot import Snapshot
@@ -47,11 +47,14 @@ def test_codec_skips_incompressible() -> None:
     st.sampled_from(list(BlobKind)),
 )
 def test_pack_roundtrip(blobs: list[bytes], kind: BlobKind) -> None:
-    b = pack.PackBuilder(KEYS, kind, 3)
+    out = bytearray()
+    b = pack.PackBuilder(KEYS, kind, 3, out.extend)
     ids = [KEYS.chunk_id(x) for x in blobs]
     for cid, data in zip(ids, blobs, strict=True):
         b.add(cid, data)
-    raw = bytes(b.finish())
+    pack_id = b.finish()
+    raw = bytes(out)
+    assert pack_id == content_hash(raw)  # the name of a pack is the hash of all its bytes
     head = raw[: pack.HEADER_SIZE]
     tlen = pack.table_length(raw[-8:], len(raw), "p")
     table = pack.read_table(KEYS, head, raw[len(raw) - 8 - tlen : len(raw) - 8], len(raw), "p")
@@ -61,11 +64,13 @@ def test_pack_roundtrip(blobs: list[bytes], kind: BlobKind) -> None:
 
 
 def _one_pack() -> tuple[bytes, list[pack.BlobEntry]]:
-    b = pack.PackBuilder(KEYS, BlobKind.DATA, 3)
+    out = bytearray()
+    b = pack.PackBuilder(KEYS, BlobKind.DATA, 3, out.extend)
     for i in range(5):
         data = os.urandom(300) + bytes(i)
         b.add(KEYS.chunk_id(data), data)
-    raw = bytes(b.finish())
+    b.finish()
+    raw = bytes(out)
     return raw, list(b.entries)
 
 

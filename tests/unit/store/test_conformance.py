@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from rekindle.store.local import LocalBackend
 from rekindle.store.memory import MemoryBackend
 from rekindle.store.ratelimit import RateLimitedBackend
 from rekindle.store.retry import RetryingBackend
+from rekindle.store.spool import READ_PIECE
 from rekindle.store.tier import LocalArchiveBackend
 
 Factory = Callable[[pytest.FixtureRequest, Path], Backend]
@@ -167,3 +169,42 @@ def test_large_object_round_trip(backend: Backend) -> None:
     backend.write("data/12/1234", data)
     assert backend.read("data/12/1234") == data
     assert backend.read("data/12/1234", 4 << 20, 1000) == data[4 << 20 : (4 << 20) + 1000]
+
+
+def test_a_spool_is_stored_whole_and_exclusively(backend: Backend) -> None:
+    data = os.urandom(2 * READ_PIECE + 12345)  # streamed or read back in several pieces
+    spool = backend.new_spool()
+    try:
+        spool.write(data[:1000])
+        spool.write(memoryview(data)[1000:])
+        assert spool.size == len(data)
+        backend.write_spool("data/cd/cdef", spool)
+    finally:
+        spool.close()
+    assert backend.read("data/cd/cdef") == data
+    other = backend.new_spool()
+    try:
+        other.write(b"something else")
+        with pytest.raises(ObjectExistsError):
+            backend.write_spool("data/cd/cdef", other)
+    finally:
+        other.close()
+    assert backend.read("data/cd/cdef") == data
+    assert [i.name for i in backend.list("")] == ["data/cd/cdef"]
+
+
+def test_spools_leave_no_temporary_files_behind(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "repo")
+    stored, dropped, refused = backend.new_spool(), backend.new_spool(), backend.new_spool()
+    for s in (stored, dropped, refused):
+        s.write(b"pack bytes")
+    backend.write_spool("data/ab/ab01", stored)
+    with pytest.raises(ObjectExistsError):
+        backend.write_spool("data/ab/ab01", refused)
+    for s in (stored, dropped, refused):
+        s.close()
+    files = sorted(
+        str(p.relative_to(tmp_path / "repo")) for p in tmp_path.rglob("*") if p.is_file()
+    )
+    assert files == ["data/ab/ab01"]
+    assert (tmp_path / "repo" / "data/ab/ab01").read_bytes() == b"pack bytes"
