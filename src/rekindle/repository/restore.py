@@ -8,19 +8,23 @@ Safety rules this module must never break:
 - Every chunk is authenticated and re-hashed before a byte of it is written (Repository
   .read_blob). A damaged chunk fails its file, which is reported; the others are restored.
 
-The walk runs on the main thread and creates every name (so names exist in a deterministic
-order); file contents are written by worker threads.
+The walk runs on the main thread and creates every directory (so names exist in a
+deterministic order). File contents are written by worker threads; on a restore of many
+small files from a local repository, batches of small files go to worker processes instead
+(restore_worker.py), which create, write and finish them without sharing a GIL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import multiprocessing
 import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -29,9 +33,18 @@ from rekindle.core.errors import IntegrityError, ObjectNotFoundError, RekindleEr
 from rekindle.format.registry import NodeType
 from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import Node, safe_name
+from rekindle.repository import restore_worker
 from rekindle.repository.index import Location
 from rekindle.repository.locks import shared_lock_if_writable
 from rekindle.repository.repo import Repository
+from rekindle.repository.restore_worker import (
+    Outcome,
+    is_damage,
+    open_new,
+    reason_of,
+    set_meta,
+    write_content,
+)
 
 MAX_INFLIGHT = 256
 IS_ROOT = os.geteuid() == 0
@@ -39,6 +52,9 @@ IS_ROOT = os.geteuid() == 0
 # writing a small file); big files are split into parts written in parallel.
 BATCH_FILES = 64
 PART_BYTES = 32 * 1024 * 1024
+# Worker processes cost a start-up (an interpreter and the imports, about 0.2 s each): a
+# restore turns to them once it has met this many small files.
+PROCESS_AFTER_FILES = 2000
 
 
 @dataclass
@@ -49,6 +65,7 @@ class _Dir:
     fd: int
     node: Node | None  # None: the target itself (its metadata is left alone)
     full: bool
+    relb: bytes  # its path below the target (b"" for the target)
     refs: int = 1  # the walk's own reference
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,6 +100,7 @@ class RestoreStats:
     skipped: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     damaged: int = 0  # errors caused by damaged or missing repository data (not local I/O)
+    worker_processes: int = 0  # how many worker processes wrote small files (0: threads only)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -92,6 +110,11 @@ class RestoreOptions:
     existing: Existing = Existing.OVERWRITE
     workers: int = 3
     restore_owner: bool = IS_ROOT
+    #: Worker processes for batches of small files (None: one per CPU, up to 2, when the
+    #: backend can be opened in another process; 0: threads only).
+    processes: int | None = None
+    #: How many small files the restore meets before it starts the worker processes.
+    process_after_files: int = PROCESS_AFTER_FILES
 
 
 def norm_include(p: str) -> str:
@@ -129,6 +152,11 @@ class Restorer:
         self._small: list[tuple[_OpenFile, list[bytes | int], int, int]] = []
         self._local = threading.local()
         self._progress = progress
+        self._small_seen = 0
+        self._procs: ProcessPoolExecutor | None = None
+        self._proc_batches = 0  # submitted to the processes and not yet accounted for
+        self._proc_done = threading.Condition()
+        self._procs_broken = False  # a worker process died: threads do the rest
 
     # -- selection -----------------------------------------------------------------------------
     def _wanted(self, rel: str) -> tuple[bool, bool]:
@@ -152,11 +180,16 @@ class Restorer:
                 self.repo.sync_index()
                 self._pool = pool
                 nodes = self.repo.load_tree(self.snapshot.tree)
-                root = _Dir(root_fd, None, full=False, refs=2)  # never closed by refs
-                self._restore_dir(nodes, root, b"", "", full=not self._includes)
-                self._flush_small()
-                for f in self._futures:
-                    f.result()
+                root = _Dir(root_fd, None, full=False, relb=b"", refs=2)  # never closed by refs
+                try:
+                    self._restore_dir(nodes, root, b"", "", full=not self._includes)
+                    self._flush_small()
+                    for f in self._futures:
+                        f.result()
+                    self._wait_processes()
+                finally:
+                    if self._procs is not None:
+                        self._procs.shutdown(wait=True, cancel_futures=True)
         finally:
             os.close(root_fd)
         return self.stats
@@ -200,7 +233,7 @@ class Restorer:
                 else:
                     continue  # sockets are recorded, never restored
             except (OSError, RekindleError) as e:
-                self._error(child_relb, _reason(e), damaged=_is_damage(e))
+                self._error(child_relb, reason_of(e), damaged=is_damage(e))
         if len(self._small) >= BATCH_FILES // 4:
             self._flush_small()
 
@@ -209,7 +242,7 @@ class Restorer:
             os.mkdir(node.name, 0o700, dir_fd=parent_fd)
         # O_NOFOLLOW: an existing symlink at this name fails here instead of being followed.
         fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
-        d = _Dir(fd, node, full)
+        d = _Dir(fd, node, full, relb)
         try:
             with self.stats.lock:
                 self.stats.dirs += 1
@@ -226,36 +259,18 @@ class Restorer:
             return
         try:
             if d.full and d.node is not None:
-                self._set_meta(d.fd, d.node)
+                set_meta(d.fd, d.node, restore_owner=self.opts.restore_owner)
         except OSError as e:
-            self._error(os.fsdecode(d.node.name) if d.node else "", _reason(e))
+            self._error(d.relb, reason_of(e))
         finally:
             os.close(d.fd)
 
-    def _open_new(self, node: Node, dir_fd: int, relb: bytes) -> tuple[int, bytes] | None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        name = node.name
-        try:
-            return os.open(name, flags, 0o600, dir_fd=dir_fd), name
-        except FileExistsError:
-            pass
-        if self.opts.existing is Existing.SKIP:
+    def _open_new(self, node: Node, dir_fd: int) -> tuple[int, bytes] | None:
+        opened = open_new(node.name, dir_fd, self.opts.existing.value)
+        if opened is None:
             with self.stats.lock:
                 self.stats.skipped += 1
-            return None
-        if self.opts.existing is Existing.RENAME:
-            for n in range(1, 10000):
-                alt = name + b".restored-" + str(n).encode()
-                try:
-                    return os.open(alt, flags, 0o600, dir_fd=dir_fd), alt
-                except FileExistsError:
-                    continue
-            raise OSError(errno.EEXIST, "too many restored copies exist")
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            raise OSError(errno.EISDIR, "a directory is in the way")
-        os.unlink(name, dir_fd=dir_fd)
-        return os.open(name, flags, 0o600, dir_fd=dir_fd), name
+        return opened
 
     def _file(self, node: Node, parent: _Dir, relb: bytes) -> None:
         dir_fd = parent.fd
@@ -270,6 +285,7 @@ class Restorer:
                 parent.refs += 1
             f = _OpenFile(-1, node, relb, parts=1, dir=parent)
             self._small.append((f, list(node.content), 0, node.size))
+            self._small_seen += 1
             if len(self._small) >= BATCH_FILES:
                 self._flush_small()
             return
@@ -287,7 +303,7 @@ class Restorer:
                 with self.stats.lock:
                     self.stats.files += 1
                 return
-        opened = self._open_new(node, dir_fd, relb)
+        opened = self._open_new(node, dir_fd)
         if opened is None:
             return
         fd, actual = opened
@@ -341,8 +357,110 @@ class Restorer:
 
     def _flush_small(self) -> None:
         batch, self._small = self._small, []
+        procs = self._processes()
+        if procs is not None:
+            # Files the walk opened itself (hard links) stay with the threads: their
+            # descriptors live in this process.
+            theirs = [x for x in batch if x[0].fd < 0]
+            batch = [x for x in batch if x[0].fd >= 0]
+            if theirs and not self._submit_to_processes(procs, theirs):
+                batch += theirs
         if batch:
             self._futures.append(self._pool.submit(self._write_batch, batch))
+
+    # -- worker processes ----------------------------------------------------------------------
+    def _processes(self) -> ProcessPoolExecutor | None:
+        """The worker processes, started once the restore has met enough small files; None
+        while threads do (or when they cannot be used)."""
+        if self._procs_broken:
+            return None
+        if self._procs is not None:
+            return self._procs
+        wanted = self.opts.processes
+        if wanted is None:
+            wanted = min(2, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
+        if wanted <= 0 or self._small_seen < self.opts.process_after_files:
+            return None
+        factory = self.repo.backend.reader_factory()
+        if factory is None:  # a remote or rate-limited backend: threads do
+            return None
+        self.stats.worker_processes = wanted
+        self._procs = ProcessPoolExecutor(
+            wanted,
+            # spawn, not fork: this process has threads (and their locks) by now.
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=restore_worker.start,
+            initargs=(
+                factory,
+                restore_worker.Setup(
+                    master=self.repo.keys.master,
+                    config=self.repo.config,
+                    target=os.fsdecode(self.target.absolute()),
+                    existing=self.opts.existing.value,
+                    restore_owner=self.opts.restore_owner,
+                ),
+            ),
+        )
+        return self._procs
+
+    def _submit_to_processes(
+        self, procs: ProcessPoolExecutor, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]
+    ) -> bool:
+        """Hand a batch to the worker processes; False if they are gone (nothing was done)."""
+        where = self.repo.index.lookup_many(
+            i for _, items, _, _ in batch for i in items if isinstance(i, bytes)
+        )
+        work = [(f.dir.relb if f.dir else b"", f.node) for f, _, _, _ in batch]
+        try:
+            fut = procs.submit(restore_worker.write_batch, work, where)
+        except BrokenProcessPool:
+            self._procs_broken = True
+            return False
+        with self._proc_done:
+            self._proc_batches += 1
+        fut.add_done_callback(lambda done: self._processes_done(batch, done))
+        return True
+
+    def _processes_done(
+        self,
+        batch: list[tuple[_OpenFile, list[bytes | int], int, int]],
+        fut: Future[list[Outcome]],
+    ) -> None:
+        """Account for a batch the worker processes wrote (on the pool's result thread)."""
+        try:
+            outcomes = fut.result()
+            failure = "" if len(outcomes) == len(batch) else "a wrong number of answers"
+        except BaseException as e:  # noqa: BLE001 - a worker that died fails its files, loudly
+            outcomes, failure = [], f"{type(e).__name__}: {e}"
+        if failure:
+            # Its files may be partly written: they are reported, never retried over.
+            why = f"the restore worker process failed ({failure}); restore this file again"
+            outcomes = [Outcome("failed", reason=why)] * len(batch)
+        for (f, _, _, _), o in zip(batch, outcomes, strict=True):
+            try:
+                if o.state == "done":
+                    with self.stats.lock:
+                        self.stats.files += 1
+                        self.stats.bytes_written += o.written
+                    if self._progress is not None:
+                        self._progress(self.stats)
+                elif o.state == "skipped":
+                    with self.stats.lock:
+                        self.stats.skipped += 1
+                else:
+                    self._error(f.relb, o.reason, damaged=o.damaged)
+            finally:
+                self._slots.release()
+                if f.dir is not None:
+                    self._release_dir(f.dir)
+        with self._proc_done:
+            self._proc_batches -= 1
+            self._proc_done.notify_all()
+
+    def _wait_processes(self) -> None:
+        with self._proc_done:
+            while self._proc_batches:
+                self._proc_done.wait()
 
     def _write_batch(self, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]) -> None:
         # One index query for the whole batch instead of one per chunk.
@@ -365,21 +483,11 @@ class Restorer:
             return
         try:
             if not f.failed:
-                pos = start
-                for item in items:
-                    if isinstance(item, int):
-                        pos += item  # a hole: seek over it, it stays sparse
-                        continue
-                    data = self.repo.read_blob_view(
-                        item, where.get(item) if where else None, self._scratch()
-                    )
-                    view = memoryview(data)
-                    while view:
-                        n = os.pwrite(f.fd, view, pos)
-                        pos += n
-                        view = view[n:]
-                    with self.stats.lock:
-                        self.stats.bytes_written += len(data)
+                pos, written = write_content(
+                    self.repo, f.fd, items, start=start, where=where, scratch=self._scratch()
+                )
+                with self.stats.lock:
+                    self.stats.bytes_written += written
                 if pos != end:
                     raise IntegrityError(
                         f"content adds up to {pos - start} bytes, expected {end - start}"
@@ -389,7 +497,7 @@ class Restorer:
                 first = not f.failed
                 f.failed = True
             if first:
-                self._error(f.relb, _reason(e), damaged=_is_damage(e))
+                self._error(f.relb, reason_of(e), damaged=is_damage(e))
         with f.lock:
             f.parts -= 1
             last = f.parts == 0
@@ -413,9 +521,9 @@ class Restorer:
     ) -> None:
         assert f.dir is not None  # noqa: S101 - only queued that way
         try:
-            opened = self._open_new(f.node, f.dir.fd, f.relb)
+            opened = self._open_new(f.node, f.dir.fd)
         except OSError as e:
-            self._error(f.relb, _reason(e))
+            self._error(f.relb, reason_of(e))
             opened = None
         if opened is None:  # skipped (existing file) or failed
             self._slots.release()
@@ -431,13 +539,13 @@ class Restorer:
         try:
             if not f.failed:
                 os.ftruncate(f.fd, f.node.size)
-                self._set_meta(f.fd, f.node)
+                set_meta(f.fd, f.node, restore_owner=self.opts.restore_owner)
                 with self.stats.lock:
                     self.stats.files += 1
                 if self._progress is not None:
                     self._progress(self.stats)
         except OSError as e:
-            self._error(f.relb, _reason(e))
+            self._error(f.relb, reason_of(e))
         finally:
             os.close(f.fd)
             self._slots.release()
@@ -471,29 +579,6 @@ class Restorer:
             os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
         os.chmod(node.name, node.mode, dir_fd=dir_fd)
         os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd)
-
-    def _set_meta(self, fd: int, node: Node) -> None:
-        if self.opts.restore_owner:
-            os.fchown(fd, node.uid, node.gid)
-        for key, value in node.xattrs:
-            try:
-                os.setxattr(fd, key, value)
-            except OSError as e:
-                if e.errno not in (errno.ENOTSUP, errno.EPERM):
-                    raise
-        os.fchmod(fd, node.mode)
-        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
-
-
-def _is_damage(e: BaseException) -> bool:
-    """Damaged or missing repository data, as opposed to a problem at the destination."""
-    return isinstance(e, IntegrityError | ObjectNotFoundError)
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError):
-        return e.strerror or str(e)
-    return str(e)
 
 
 def restore(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -61,6 +61,12 @@ class Backend(ABC):
 
     @abstractmethod
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def reader_factory(self) -> Callable[[], Backend] | None:
+        """A picklable way to open this backend for reading in another process (restore's
+        worker processes), or None when that would bypass something (a rate limit) or is
+        not worth it (a remote store, where the network is the limit)."""
+        return None
 
     def new_spool(self) -> Spool:
         """A temporary file to assemble an object in; `write_spool` stores it."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +116,9 @@ class LocalBackend(Backend):
             raise _storage_error(e, f"writing {name}") from None
         if self._fsync:
             self._fsync_dir(path.parent)
+
+    def reader_factory(self) -> Callable[[], Backend] | None:
+        return functools.partial(LocalBackend, str(self.root), fsync=False)
 
     def new_spool(self) -> Spool:
         """A temporary file in the repository's own root, so `write_spool` links it into

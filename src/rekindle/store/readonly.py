@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rekindle.core.errors import ReadOnlyError
-from rekindle.store.base import Buffer
+from rekindle.store.base import Backend, Buffer
 from rekindle.store.spool import Spool
 from rekindle.store.wrapper import WrappingBackend
 
@@ -11,6 +13,9 @@ from rekindle.store.wrapper import WrappingBackend
 class ReadOnlyBackend(WrappingBackend):
     def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         raise ReadOnlyError(f"cannot write {name}: the repository is opened read-only")
+
+    def reader_factory(self) -> Callable[[], Backend] | None:
+        return self.inner.reader_factory()  # it only reads
 
     def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
         raise ReadOnlyError(f"cannot write {name}: the repository is opened read-only")

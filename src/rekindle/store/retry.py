@@ -61,6 +61,9 @@ class RetryingBackend(WrappingBackend):
     def write(self, name: str, data: Buffer, *, exclusive: bool = True) -> None:
         self._write(name, lambda: self.inner.write(name, data, exclusive=exclusive), data)
 
+    def reader_factory(self) -> Callable[[], Backend] | None:
+        return self.inner.reader_factory()  # a local backend has nothing worth retrying
+
     def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
         self._write(name, lambda: self.inner.write_spool(name, spool, exclusive=exclusive), spool)
 

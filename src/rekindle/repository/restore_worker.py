@@ -1,0 +1,218 @@
+"""Restore's worker processes: create, write and finish batches of small files.
+
+Restoring tens of thousands of small files is a few system calls per file (open, write,
+fchmod, utime, close) plus a decryption and a hash. In threads, every one of those calls
+hands the GIL to another thread, and on a virtual machine most of the time went into those
+hand-offs (docs/benchmarks.md). Worker processes have no GIL to share. The main process
+still walks the tree, creates every directory and decides every name; a worker only creates
+files inside directories that already exist, opening them component by component with
+O_NOFOLLOW from the target, so it never follows a symlink either.
+
+A worker gets the repository's keys and config and a factory for its own backend (a
+process must not share the parent's open files or connections), and the index locations of
+every chunk it needs: it never consults the index itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rekindle.core.clock import SystemClock
+from rekindle.core.errors import IntegrityError, ObjectNotFoundError, RekindleError
+from rekindle.format.config import RepoConfig
+from rekindle.format.crypto import RepoKeys
+from rekindle.format.tree import Node
+from rekindle.repository.index import LocalIndex, Location
+from rekindle.repository.repo import Repository
+from rekindle.store.base import Backend
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: What to do with an existing file (the values of restore.Existing).
+OVERWRITE, SKIP, RENAME = "overwrite", "skip", "rename"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one file of a batch went."""
+
+    state: str  # "done", "skipped" or "failed"
+    written: int = 0
+    reason: str = ""
+    damaged: bool = False  # failed because of damaged or missing repository data
+
+
+#: (directory below the target, the file's node) of each file of a batch.
+Batch = list[tuple[bytes, Node]]
+
+
+def open_new(name: bytes, dir_fd: int, existing: str) -> tuple[int, bytes] | None:
+    """Create `name` in `dir_fd` for writing; an existing file is overwritten, skipped (None)
+    or kept, with the new file named `<name>.restored-N` beside it."""
+    try:
+        return os.open(name, _NEW_FLAGS, 0o600, dir_fd=dir_fd), name
+    except FileExistsError:
+        pass
+    if existing == SKIP:
+        return None
+    if existing == RENAME:
+        for n in range(1, 10000):
+            alt = name + b".restored-" + str(n).encode()
+            try:
+                return os.open(alt, _NEW_FLAGS, 0o600, dir_fd=dir_fd), alt
+            except FileExistsError:
+                continue
+        raise OSError(errno.EEXIST, "too many restored copies exist")
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.EISDIR, "a directory is in the way")
+    os.unlink(name, dir_fd=dir_fd)
+    return os.open(name, _NEW_FLAGS, 0o600, dir_fd=dir_fd), name
+
+
+def set_meta(fd: int, node: Node, *, restore_owner: bool) -> None:
+    if restore_owner:
+        os.fchown(fd, node.uid, node.gid)
+    for key, value in node.xattrs:
+        try:
+            os.setxattr(fd, key, value)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EPERM):
+                raise
+    os.fchmod(fd, node.mode)
+    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+
+def write_content(
+    repo: Repository,
+    fd: int,
+    items: list[bytes | int],
+    *,
+    start: int,
+    where: dict[bytes, list[Location]] | None,
+    scratch: bytearray,
+) -> tuple[int, int]:
+    """Write a file's chunks (and skip its holes) from offset `start`; returns (the end, the
+    bytes written)."""
+    pos = start
+    written = 0
+    for item in items:
+        if isinstance(item, int):
+            pos += item  # a hole: seek over it, it stays sparse
+            continue
+        data = repo.read_blob_view(item, where.get(item) if where else None, scratch)
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, pos)
+            pos += n
+            written += n
+            view = view[n:]
+    return pos, written
+
+
+def is_damage(e: BaseException) -> bool:
+    """Damaged or missing repository data, as opposed to a problem at the destination."""
+    return isinstance(e, IntegrityError | ObjectNotFoundError)
+
+
+def reason_of(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a worker process needs besides its backend. Holds the master key: never log it."""
+
+    master: bytes = field(repr=False)
+    config: RepoConfig
+    target: str  # the restore's target directory
+    existing: str  # OVERWRITE, SKIP or RENAME
+    restore_owner: bool
+
+
+class _Worker:
+    def __init__(self, backend: Backend, setup: Setup) -> None:
+        self.repo = Repository(
+            backend,
+            config=setup.config,
+            keys=RepoKeys.from_master(setup.master),
+            index=LocalIndex(None),
+            cache_dir=None,
+            clock=SystemClock(),
+        )
+        self.root_fd = os.open(setup.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.existing = setup.existing
+        self.restore_owner = setup.restore_owner
+        self.scratch = bytearray(setup.config.chunk_max + 1)
+
+    def _open_dir(self, relb: bytes, cache: dict[bytes, int]) -> int:
+        fd = cache.get(relb)
+        if fd is not None:
+            return fd
+        fd = self.root_fd
+        opened: list[int] = []
+        try:
+            for part in relb.split(b"/") if relb else []:
+                fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                opened.append(fd)
+        finally:
+            for extra in opened[:-1]:
+                os.close(extra)
+        cache[relb] = fd
+        return fd
+
+    def write_batch(self, batch: Batch, where: dict[bytes, list[Location]]) -> list[Outcome]:
+        dirs: dict[bytes, int] = {}
+        try:
+            return [self._write_one(relb, node, where, dirs) for relb, node in batch]
+        finally:
+            for fd in dirs.values():
+                if fd != self.root_fd:
+                    os.close(fd)
+
+    def _write_one(
+        self, relb: bytes, node: Node, where: dict[bytes, list[Location]], dirs: dict[bytes, int]
+    ) -> Outcome:
+        try:
+            opened = open_new(node.name, self._open_dir(relb, dirs), self.existing)
+        except OSError as e:
+            return Outcome("failed", reason=reason_of(e))
+        if opened is None:
+            return Outcome("skipped")
+        fd = opened[0]
+        try:
+            end, written = write_content(
+                self.repo, fd, node.content, start=0, where=where, scratch=self.scratch
+            )
+            if end != node.size:
+                raise IntegrityError(f"content adds up to {end} bytes, expected {node.size}")
+            os.ftruncate(fd, node.size)
+            set_meta(fd, node, restore_owner=self.restore_owner)
+            return Outcome("done", written=written)
+        except (OSError, RekindleError) as e:
+            return Outcome("failed", reason=reason_of(e), damaged=is_damage(e))
+        finally:
+            os.close(fd)
+
+
+_worker: _Worker | None = None
+
+
+def start(factory: Callable[[], Backend], setup: Setup) -> None:
+    """The process pool's initializer."""
+    global _worker  # noqa: PLW0603 - one worker per process, made once
+    _worker = _Worker(factory(), setup)
+
+
+def write_batch(batch: Batch, where: dict[bytes, list[Location]]) -> list[Outcome]:
+    """Create, write and finish the files of a batch (in a worker process)."""
+    if _worker is None:
+        raise RuntimeError("restore worker used before start()")
+    return _worker.write_batch(batch, where)
