@@ -194,6 +194,9 @@ def backup(
     with open_repo() as repo:
         # rich only after the key derivation, the peak of memory (see format/codec.py)
         from rekindle.cli.progress import LiveProgress, backup_line
+        from rekindle.core.memory import limit_malloc_arenas
+
+        limit_malloc_arenas()  # before the backup's threads start
 
         stats = BackupStats()
         live = LiveProgress(lambda: backup_line(stats), enabled=None)

@@ -304,4 +304,7 @@ def agent_run(
     from rekindle.agent.state import AgentState
 
     _logging(verbose)
+    from rekindle.core.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # an agent's backups run in threads, for days on end
     Agent(AgentState(data_dir), hostname=hostname or socket.gethostname()).run()

@@ -1,15 +1,13 @@
 """Pack files: immutable containers of blobs of one kind (docs/FORMAT.md section 7).
 
-`PackBuilder` assembles a pack from already-encoded blobs and hands its bytes to a sink;
-`read_table` and `open_blob` take it apart again, authenticating everything. No I/O: callers
-move the bytes.
+`PackBuilder` lays out a pack of already-encoded blobs and seals them; `read_table` and
+`open_blob` take it apart again, authenticating everything. No I/O: callers move the bytes.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from rekindle.core.errors import FormatError, IntegrityError
@@ -20,7 +18,6 @@ from rekindle.format.crypto import (
     TAG_SIZE,
     RepoKeys,
     Sealer,
-    content_hasher,
     open_sealed,
     open_sealed_into,
     seal,
@@ -57,75 +54,67 @@ def header(kind: BlobKind, salt: bytes) -> bytes:
 
 
 class PackBuilder:
-    """Assembles one pack front to back, handing its bytes in order to `sink` (a spool
-    file's `write`, or a bytearray's `extend`). Not thread-safe: one builder per writer.
-
-    Each blob is encrypted into a reusable scratch buffer and handed on from there, so a pack
-    never has to fit in memory; the pack's name (the hash of its bytes) is computed on the way.
-    Hand a scratch buffer back in through `scratch=` to reuse it for the next pack.
+    """Lays out one pack: the header, each blob's place, then the sealed blob table and the
+    trailer. It moves no bytes: the caller writes `header` at offset 0, each sealed blob at
+    its entry's offset, and `tail()` at the end, in any order and from several threads
+    (`place` is not thread-safe, `seal_into` is). A pack therefore never has to be in
+    memory, and blobs of one pack are sealed and written in parallel.
     """
 
-    def __init__(
-        self,
-        keys: RepoKeys,
-        kind: BlobKind,
-        level: int,
-        sink: Callable[[memoryview], object],
-        *,
-        scratch: bytearray | None = None,
-    ) -> None:
+    def __init__(self, keys: RepoKeys, kind: BlobKind) -> None:
         self.kind = kind
-        self._level = level
-        self._sink = sink
-        self._hasher = content_hasher()
         self._salt = os.urandom(SALT_SIZE)
         self._key = keys.pack_key(self._salt)
         self._sealer = Sealer(self._key)
-        self._header = header(kind, self._salt)
-        self.scratch = scratch if scratch is not None else bytearray()
-        self._size = 0
-        self._emit(memoryview(self._header))
+        self.header = header(kind, self._salt)
+        self._size = len(self.header)
         self.entries: list[BlobEntry] = []
 
     @property
     def size(self) -> int:
+        """The offset where the next blob (or the table) goes."""
         return self._size
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _emit(self, data: memoryview) -> None:
-        self._hasher.update(data)
-        self._sink(data)
-        self._size += len(data)
-
-    def add(self, chunk_id: bytes, plaintext: bytes | memoryview) -> BlobEntry:
-        """Compress (where it pays) and encrypt one blob; returns where it will sit."""
-        return self.add_encoded(chunk_id, codec.encode(plaintext, self._level), len(plaintext))
-
-    def add_encoded(self, chunk_id: bytes, payload: bytes, raw_length: int) -> BlobEntry:
-        """Add a blob whose codec byte and payload were prepared by another thread."""
-        offset = self._size
-        length = NONCE_SIZE + len(payload) + TAG_SIZE
-        if len(self.scratch) < length:
-            self.scratch.extend(bytes(length - len(self.scratch)))
-        with memoryview(self.scratch)[:length] as view:
-            self._sealer.seal_into(payload, blob_aad(self.kind, chunk_id), view)
-            self._emit(view)
-        entry = BlobEntry(chunk_id, self.kind, offset, length, raw_length)
+    def place(self, chunk_id: bytes, payload_length: int, raw_length: int) -> BlobEntry:
+        """Reserve the place of a blob whose encoded payload (codec byte + data) has
+        `payload_length` bytes."""
+        length = NONCE_SIZE + payload_length + TAG_SIZE
+        entry = BlobEntry(chunk_id, self.kind, self._size, length, raw_length)
+        self._size += length
         self.entries.append(entry)
         return entry
 
-    def finish(self) -> bytes:
-        """Append the sealed blob table and the trailer; returns the pack's id (the hash of
-        all its bytes, `crypto.content_hash`)."""
+    def seal_into(self, entry: BlobEntry, payload: bytes, out: memoryview) -> None:
+        """Encrypt a placed blob into `out` (exactly `entry.length` bytes)."""
+        self._sealer.seal_into(payload, blob_aad(self.kind, entry.id), out)
+
+    def tail(self) -> bytes:
+        """The sealed blob table and the trailer, written at `size` once every blob is
+        placed; the pack ends with them."""
         table = bytearray(_COUNT.pack(len(self.entries)))
         for e in self.entries:
             table += _ENTRY.pack(e.id, e.kind, e.offset, e.length, e.raw_length)
-        sealed_table = seal(self._key, bytes(table), b"RKBT" + self._header)
-        self._emit(memoryview(sealed_table))
-        self._emit(memoryview(_TRAILER.pack(len(sealed_table), END_MAGIC)))
-        return self._hasher.digest()
+        sealed_table = seal(self._key, bytes(table), b"RKBT" + self.header)
+        return sealed_table + _TRAILER.pack(len(sealed_table), END_MAGIC)
+
+
+def build_pack(
+    keys: RepoKeys, kind: BlobKind, level: int, blobs: list[tuple[bytes, bytes]]
+) -> tuple[bytes, list[BlobEntry]]:
+    """A whole pack in memory from (chunk id, plaintext) pairs (small packs and tests)."""
+    builder = PackBuilder(keys, kind)
+    out = bytearray(builder.header)
+    for chunk_id, plaintext in blobs:
+        payload = codec.encode(plaintext, level)
+        entry = builder.place(chunk_id, len(payload), len(plaintext))
+        out += bytes(entry.length)
+        with memoryview(out)[entry.offset :] as view:
+            builder.seal_into(entry, payload, view)
+    out += builder.tail()
+    return bytes(out), builder.entries
 
 
 def parse_header(data: bytes, what: str) -> tuple[BlobKind, bytes]:

@@ -44,7 +44,7 @@ from rekindle.repository.writer import BlobWriter
 
 log = logging.getLogger(__name__)
 
-READ_SEGMENT = 4 * 1024 * 1024
+READ_SEGMENT = 2 * 1024 * 1024
 # Files are handed to the reader threads in batches (one task per batch, not per file): a
 # task costs more interpreter time than reading a small file.
 BATCH_FILES = 64

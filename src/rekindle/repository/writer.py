@@ -7,18 +7,21 @@ index file is written before the restore point that needs it.
 
 Packs are assembled in spool files (store/spool.py), not in memory: a backup's memory does not
 grow with the pack size or with the number of packs waiting for their upload (at most
-`max_pending_uploads`). Each pack being filled has one scratch buffer for encrypting a blob;
-those are recycled, so a long backup touches the same few buffers instead of fresh memory.
+`max_pending_uploads`). A thread that stores a blob seals it into its own reusable scratch
+buffer and writes it at the place the pack's layout gave it, outside the writer's lock.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from rekindle.format import codec
+from rekindle.format.crypto import content_hasher
 from rekindle.format.indexdoc import PackEntries
-from rekindle.format.pack import PackBuilder
+from rekindle.format.pack import BlobEntry, PackBuilder
 from rekindle.format.registry import BlobKind
 from rekindle.repository.repo import Repository, pack_name
 from rekindle.store.spool import Spool
@@ -28,6 +31,39 @@ from rekindle.store.spool import Spool
 INDEX_EVERY_PACKS = 32
 
 
+# Blobs up to this size (small files are one blob each) are sealed into the pack's staging
+# buffer under the writer's lock and reach the spool file in runs of STAGE_BYTES: a system
+# call per small blob would cost more in GIL hand-offs than it saves. Larger blobs are sealed
+# and written by the thread that stores them, in parallel with the others.
+SMALL_BLOB = 320 * 1024
+STAGE_BYTES = 1024 * 1024
+
+
+@dataclass(eq=False)
+class _OpenPack:
+    """A pack being filled: its layout, its spool file, the run of small blobs not yet
+    written (`stage`, which starts at offset `stage_at`), and how many writes are still
+    under way in other threads."""
+
+    builder: PackBuilder
+    spool: Spool
+    stage: bytearray = field(default_factory=bytearray)
+    stage_at: int = 0
+    writing: int = 0
+    failed: BaseException | None = None
+    written: threading.Condition = field(default_factory=threading.Condition)
+
+    def take_stage(self) -> tuple[bytearray, int] | None:
+        """The staged run, to be written by the caller (counted in `writing`)."""
+        if not self.stage:
+            return None
+        run = (self.stage, self.stage_at)
+        self.stage = bytearray()
+        with self.written:
+            self.writing += 1
+        return run
+
+
 class BlobWriter:
     def __init__(
         self, repo: Repository, *, upload_threads: int = 2, max_pending_uploads: int = 2
@@ -35,14 +71,14 @@ class BlobWriter:
         self.repo = repo
         self._level = repo.config.zstd_level
         self._lock = threading.Lock()
-        self._builders: dict[BlobKind, tuple[PackBuilder, Spool]] = {}
+        self._open: dict[BlobKind, _OpenPack] = {}
         self._reserved: set[bytes] = set()  # ids stored (or being stored) by this writer
         self._uploads = ThreadPoolExecutor(upload_threads, thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(max_pending_uploads)
         self._futures: list[Future[None]] = []
         self._done_packs: list[PackEntries] = []
-        self._free_scratch: list[bytearray] = []
         self._spools: set[Spool] = set()  # open ones, closed by `close` if never stored
+        self._local = threading.local()
         self._error: BaseException | None = None
         self.bytes_added = 0  # stored bytes of new blobs
         self.blobs_added = 0
@@ -65,48 +101,114 @@ class BlobWriter:
         return self.repo.index.contains_warm(chunk_id)
 
     def store(self, kind: BlobKind, chunk_id: bytes, payload: bytes, raw_length: int) -> None:
-        """Add an encoded blob (codec byte + payload, see format.codec) to a pack."""
-        self._raise_pending()
-        finished: tuple[PackBuilder, Spool] | None = None
-        with self._lock:
-            open_pack = self._builders.get(kind)
-            if open_pack is None:
-                open_pack = self._builders[kind] = self._new_pack(kind)
-            builder = open_pack[0]
-            builder.add_encoded(chunk_id, payload, raw_length)
-            self.blobs_added += 1
-            if builder.size >= self.repo.config.pack_size:
-                finished = self._builders.pop(kind)
-        if finished is not None:
-            self._submit(*finished)
+        """Add an encoded blob (codec byte + payload, see format.codec) to a pack.
 
-    def _new_pack(self, kind: BlobKind) -> tuple[PackBuilder, Spool]:
+        Only placing the blob (and sealing a small one) happens under the lock; sealing a
+        large blob and writing to the pack's spool file happen in the calling thread, in
+        parallel with other threads."""
+        self._raise_pending()
+        finished: _OpenPack | None = None
+        run: tuple[bytearray, int] | None = None
+        with self._lock:
+            op = self._open.get(kind)
+            if op is None:
+                op = self._open[kind] = self._new_pack(kind)
+            entry = op.builder.place(chunk_id, len(payload), raw_length)
+            large = entry.length > SMALL_BLOB
+            if large:
+                run = op.take_stage()  # the run ends where this blob starts
+                with op.written:
+                    op.writing += 1
+            else:
+                if not op.stage:
+                    op.stage_at = entry.offset
+                op.stage.extend(bytes(entry.length))
+                with memoryview(op.stage)[entry.offset - op.stage_at :] as view:
+                    op.builder.seal_into(entry, payload, view)
+            self.blobs_added += 1
+            if op.builder.size >= self.repo.config.pack_size:
+                finished = self._open.pop(kind)
+            if not large and (finished is not None or len(op.stage) >= STAGE_BYTES):
+                run = op.take_stage()
+        # Each counted write runs (and is uncounted) even if another failed, so an upload
+        # waiting for the pack's writes always wakes up and sees the failure.
+        try:
+            if run is not None:
+                self._write(op, lambda: op.spool.write_at(run[0], run[1]))
+        finally:
+            try:
+                if large:
+                    self._write(op, lambda: self._seal_and_write(op, entry, payload))
+            finally:
+                if finished is not None:
+                    self._submit(finished)
+
+    def _seal_and_write(self, op: _OpenPack, entry: BlobEntry, payload: bytes) -> None:
+        with self._scratch(entry.length) as view:
+            op.builder.seal_into(entry, payload, view)
+            op.spool.write_at(view, entry.offset)
+
+    @staticmethod
+    def _write(op: _OpenPack, write: Callable[[], None]) -> None:
+        """Do one write counted in `op.writing`; a failure fails the pack and the caller."""
+        try:
+            write()
+        except BaseException as e:
+            with op.written:
+                op.failed = op.failed or e
+            raise
+        finally:
+            with op.written:
+                op.writing -= 1
+                op.written.notify_all()
+
+    def _scratch(self, length: int) -> memoryview:
+        """This thread's reusable buffer for sealing a blob (fresh memory is slow to touch,
+        reused memory is not); a view of exactly `length` bytes."""
+        buf: bytearray | None = getattr(self._local, "scratch", None)
+        if buf is None or len(buf) < length:
+            buf = self._local.scratch = bytearray(length)
+        return memoryview(buf)[:length]
+
+    def _new_pack(self, kind: BlobKind) -> _OpenPack:
         spool = self.repo.backend.new_spool()
         self._spools.add(spool)
-        scratch = self._free_scratch.pop() if self._free_scratch else None
-        return PackBuilder(self.repo.keys, kind, self._level, spool.write, scratch=scratch), spool
+        return _OpenPack(PackBuilder(self.repo.keys, kind), spool)
 
     def store_plain(self, kind: BlobKind, chunk_id: bytes, plaintext: bytes) -> None:
         self.store(kind, chunk_id, codec.encode(plaintext, self._level), len(plaintext))
 
     # -- packs and index -----------------------------------------------------------------------
-    def _submit(self, builder: PackBuilder, spool: Spool) -> None:
+    def _submit(self, op: _OpenPack) -> None:
         self._slots.acquire()
         try:
-            fut = self._uploads.submit(self._upload, builder, spool)
+            fut = self._uploads.submit(self._upload, op)
         except BaseException:
             self._slots.release()
-            self._close_spool(spool)
+            self._close_spool(op.spool)
             raise
         with self._lock:
             self._futures.append(fut)
 
-    def _upload(self, builder: PackBuilder, spool: Spool) -> None:
+    def _upload(self, op: _OpenPack) -> None:
+        builder, spool = op.builder, op.spool
         try:
-            pack_id = builder.finish()
+            run = op.take_stage()  # a pack flushed part-full may end in a staged run
+            if run is not None:
+                self._write(op, lambda: spool.write_at(run[0], run[1]))
+            with op.written:
+                while op.writing:
+                    op.written.wait()
+                if op.failed is not None:
+                    raise op.failed
+            spool.write_at(builder.header, 0)
+            spool.write_at(builder.tail(), builder.size)
+            hasher = content_hasher()  # the pack's name: the hash of all its bytes
+            for piece in spool.pieces():
+                hasher.update(piece)
+            pack_id = hasher.digest()
             self.repo.backend.write_spool(pack_name(builder.kind, pack_id), spool)
             with self._lock:
-                self._free_scratch.append(builder.scratch)
                 self._done_packs.append(PackEntries(pack_id, builder.kind, builder.entries))
                 self.bytes_added += spool.size
                 self.packs_written += 1
@@ -131,13 +233,13 @@ class BlobWriter:
     def flush(self) -> None:
         """Upload partly filled packs, wait for every upload, write the index file."""
         with self._lock:
-            open_packs = list(self._builders.values())
-            self._builders.clear()
-        for builder, spool in open_packs:
-            if len(builder):
-                self._submit(builder, spool)
+            open_packs = list(self._open.values())
+            self._open.clear()
+        for op in open_packs:
+            if len(op.builder):
+                self._submit(op)
             else:
-                self._close_spool(spool)
+                self._close_spool(op.spool)
         with self._lock:
             futures, self._futures = self._futures, []
         for f in futures:
@@ -157,6 +259,6 @@ class BlobWriter:
         self._uploads.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             left, self._spools = self._spools, set()
-            self._builders.clear()
+            self._open.clear()
         for spool in left:  # a backup that failed or stopped: nothing more is stored
             spool.close()

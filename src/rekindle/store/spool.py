@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import threading
 from collections.abc import Iterator
 
 from rekindle.core.errors import NoSpaceError, StorageError
@@ -36,11 +36,14 @@ class Spool:
         self.fd = fd
         self.path = path
         self.where = where
-        self.size = 0
+        self.size = 0  # the end of the furthest write
+        self._lock = threading.Lock()
 
     @classmethod
     def anonymous(cls, directory: str | None = None) -> Spool:
         """An unnamed temporary file in `directory` (default: $TMPDIR, else /tmp)."""
+        import tempfile  # here: every command imports this module before its key derivation
+
         where = directory or tempfile.gettempdir()
         try:
             fd, path = tempfile.mkstemp(prefix=".rekindle-spool-", dir=where)
@@ -50,14 +53,22 @@ class Spool:
         return cls(fd, None, where)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append `data`."""
+        self.write_at(data, self.size)
+
+    def write_at(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write `data` at `offset` (threads may write different ranges at once)."""
         view = memoryview(data)
+        pos = offset
         try:
             while view:
-                n = os.write(self.fd, view)
+                n = os.pwrite(self.fd, view, pos)
                 view = view[n:]
-                self.size += n
+                pos += n
         except OSError as e:
             raise spool_error(e, self.where) from None
+        with self._lock:
+            self.size = max(self.size, pos)
 
     def pieces(self) -> Iterator[bytes]:
         """The content from the start, in pieces of READ_PIECE (re-readable)."""

@@ -17,7 +17,7 @@ from rekindle.core.errors import (
     WrongPasswordError,
 )
 from rekindle.format import codec, config, envelope, keyfile, pack
-from rekindle.format.crypto import RepoKeys, content_hash
+from rekindle.format.crypto import RepoKeys
 from rekindle.format.indexdoc import IndexDoc, PackEntries
 from rekindle.format.registry import BlobKind, FileKind, NodeType
 from rekindle.format.snapshot import Snapshot
@@ -47,14 +47,8 @@ def test_codec_skips_incompressible() -> None:
     st.sampled_from(list(BlobKind)),
 )
 def test_pack_roundtrip(blobs: list[bytes], kind: BlobKind) -> None:
-    out = bytearray()
-    b = pack.PackBuilder(KEYS, kind, 3, out.extend)
     ids = [KEYS.chunk_id(x) for x in blobs]
-    for cid, data in zip(ids, blobs, strict=True):
-        b.add(cid, data)
-    pack_id = b.finish()
-    raw = bytes(out)
-    assert pack_id == content_hash(raw)  # the name of a pack is the hash of all its bytes
+    raw, _ = pack.build_pack(KEYS, kind, 3, list(zip(ids, blobs, strict=True)))
     head = raw[: pack.HEADER_SIZE]
     tlen = pack.table_length(raw[-8:], len(raw), "p")
     table = pack.read_table(KEYS, head, raw[len(raw) - 8 - tlen : len(raw) - 8], len(raw), "p")
@@ -64,14 +58,8 @@ def test_pack_roundtrip(blobs: list[bytes], kind: BlobKind) -> None:
 
 
 def _one_pack() -> tuple[bytes, list[pack.BlobEntry]]:
-    out = bytearray()
-    b = pack.PackBuilder(KEYS, BlobKind.DATA, 3, out.extend)
-    for i in range(5):
-        data = os.urandom(300) + bytes(i)
-        b.add(KEYS.chunk_id(data), data)
-    b.finish()
-    raw = bytes(out)
-    return raw, list(b.entries)
+    blobs = [os.urandom(300) + bytes(i) for i in range(5)]
+    return pack.build_pack(KEYS, BlobKind.DATA, 3, [(KEYS.chunk_id(b), b) for b in blobs])
 
 
 @settings(max_examples=200, deadline=None)
