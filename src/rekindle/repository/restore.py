@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import multiprocessing
 import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rekindle.core.errors import IntegrityError, ObjectNotFoundError, RekindleError, UsageError
 from rekindle.format.registry import NodeType
@@ -45,6 +44,9 @@ from rekindle.repository.restore_worker import (
     set_meta,
     write_content,
 )
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 MAX_INFLIGHT = 256
 IS_ROOT = os.geteuid() == 0
@@ -384,6 +386,10 @@ class Restorer:
         factory = self.repo.backend.reader_factory()
         if factory is None:  # a remote or rate-limited backend: threads do
             return None
+        # Imported here: backups import this module (through reach), and memory matters there.
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
         self.stats.worker_processes = wanted
         self._procs = ProcessPoolExecutor(
             wanted,
@@ -410,6 +416,8 @@ class Restorer:
         where = self.repo.index.lookup_many(
             i for _, items, _, _ in batch for i in items if isinstance(i, bytes)
         )
+        from concurrent.futures.process import BrokenProcessPool
+
         work = [(f.dir.relb if f.dir else b"", f.node) for f, _, _, _ in batch]
         try:
             fut = procs.submit(restore_worker.write_batch, work, where)
