@@ -44,6 +44,7 @@ from rekindle.net.tokens import StorageClaims, TokenError, verify
 from rekindle.storagenode.ledger import NodeLedger
 from rekindle.storagenode.scope import Op, allowed, is_pack
 from rekindle.store.base import Backend, check_name
+from rekindle.store.spool import Spool
 from rekindle.store.tier import archive_of
 
 _bearer = HTTPBearer(auto_error=False)
@@ -52,6 +53,7 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 #: Largest object accepted in one PUT (packs are 16 MiB by default; their maximum is 128).
 MAX_OBJECT = 256 * 1024 * 1024
+SPOOL_RUN = 1024 * 1024
 #: Offsets beyond any object (and beyond what the OS accepts) are refused up front.
 MAX_RANGE = 2**53
 
@@ -303,10 +305,23 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
     ) -> Response:
         claims = claims_for(org, creds)
         check(claims, "replace" if replace else "write", check_name(name))
+        backend = backends.get(org)
+        if is_pack(name):
+            # Packs (16 MiB and more) stream into the backend's spool file, never whole
+            # into memory; a local one is then linked into place without another copy.
+            spool = await _spooled_body(request, backend)
+            if spool is None:
+                return fail(413, f"object larger than {MAX_OBJECT} bytes")
+            try:
+                await run_in_threadpool(
+                    lambda: backend.write_spool(name, spool, exclusive=not replace)
+                )
+            finally:
+                spool.close()
+            return Response(status_code=201)
         body = await _bounded_body(request)
         if body is None:
             return fail(413, f"object larger than {MAX_OBJECT} bytes")
-        backend = backends.get(org)
         if name.startswith("locks/"):
             owner = backends.ledger.lock_owner(org, name)
             if replace and owner != claims.job and await run_in_threadpool(backend.exists, name):
@@ -405,6 +420,32 @@ def create_app(backends: OrgBackends, token_public: Any) -> FastAPI:
         return Response(status_code=204)
 
     return app
+
+
+async def _spooled_body(request: Request, backend: Backend) -> Spool | None:
+    """The request body in a spool file of `backend`, or None when it is larger than
+    MAX_OBJECT. Written in runs of SPOOL_RUN bytes, each in a worker thread."""
+    if int(request.headers.get("content-length") or 0) > MAX_OBJECT:
+        return None
+    spool = await run_in_threadpool(backend.new_spool)
+    try:
+        run = bytearray()
+        got = 0
+        async for piece in request.stream():
+            got += len(piece)
+            if got > MAX_OBJECT:
+                spool.close()
+                return None
+            run += piece
+            if len(run) >= SPOOL_RUN:
+                await run_in_threadpool(spool.write, run)
+                run = bytearray()
+        if run:
+            await run_in_threadpool(spool.write, run)
+    except BaseException:
+        spool.close()  # a dropped connection leaves nothing behind
+        raise
+    return spool
 
 
 async def _bounded_body(request: Request) -> bytes | None:
