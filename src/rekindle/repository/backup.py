@@ -584,6 +584,8 @@ class Archiver:
             finally:
                 if scanner is not None:
                     scanner.stop()
+                # No reader may still be storing when the writer closes its pack files.
+                pool.shutdown(wait=True, cancel_futures=True)
                 self.writer.close()
             with self.stats.lock:
                 self.stats.bytes_added = self.writer.bytes_added

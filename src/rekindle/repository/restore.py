@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +50,8 @@ from rekindle.repository.restore_worker import (
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
+log = logging.getLogger(__name__)
+
 MAX_INFLIGHT = 256
 IS_ROOT = os.geteuid() == 0
 # Small files go to the writer threads in batches (a task costs more interpreter time than
@@ -68,6 +72,9 @@ class _Dir:
     node: Node | None  # None: the target itself (its metadata is left alone)
     full: bool
     relb: bytes  # its path below the target (b"" for the target)
+    #: Held until this directory is done: worker processes reach a directory by its path
+    #: through its ancestors, so an ancestor's mode (maybe without search permission) waits.
+    parent: _Dir | None = None
     refs: int = 1  # the walk's own reference
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -225,7 +232,7 @@ class Restorer:
                 continue
             try:
                 if node.type is NodeType.DIR:
-                    self._dir(node, dir_fd, child_relb, child_rel, full=restore_all)
+                    self._dir(node, parent, child_relb, child_rel, full=restore_all)
                 elif node.type is NodeType.FILE:
                     self._file(node, parent, child_relb)
                 elif node.type is NodeType.SYMLINK:
@@ -239,12 +246,14 @@ class Restorer:
         if len(self._small) >= BATCH_FILES // 4:
             self._flush_small()
 
-    def _dir(self, node: Node, parent_fd: int, relb: bytes, rel: str, *, full: bool) -> None:
+    def _dir(self, node: Node, parent: _Dir, relb: bytes, rel: str, *, full: bool) -> None:
         with contextlib.suppress(FileExistsError):
-            os.mkdir(node.name, 0o700, dir_fd=parent_fd)
+            os.mkdir(node.name, 0o700, dir_fd=parent.fd)
         # O_NOFOLLOW: an existing symlink at this name fails here instead of being followed.
-        fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
-        d = _Dir(fd, node, full, relb)
+        fd = os.open(node.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent.fd)
+        with parent.lock:
+            parent.refs += 1
+        d = _Dir(fd, node, full, relb, parent)
         try:
             with self.stats.lock:
                 self.stats.dirs += 1
@@ -266,6 +275,8 @@ class Restorer:
             self._error(d.relb, reason_of(e))
         finally:
             os.close(d.fd)
+            if d.parent is not None:
+                self._release_dir(d.parent)
 
     def _open_new(self, node: Node, dir_fd: int) -> tuple[int, bytes] | None:
         opened = open_new(node.name, dir_fd, self.opts.existing.value)
@@ -390,8 +401,8 @@ class Restorer:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.stats.worker_processes = wanted
-        self._procs = ProcessPoolExecutor(
+        root = os.fstat(self._root_fd)
+        procs = ProcessPoolExecutor(
             wanted,
             # spawn, not fork: this process has threads (and their locks) by now.
             mp_context=multiprocessing.get_context("spawn"),
@@ -404,10 +415,29 @@ class Restorer:
                     target=os.fsdecode(self.target.absolute()),
                     existing=self.opts.existing.value,
                     restore_owner=self.opts.restore_owner,
+                    target_id=(root.st_dev, root.st_ino),
                 ),
             ),
         )
-        return self._procs
+        # Start every worker now and see each one ready: once all are running, a submit
+        # never starts a process (and cannot half-fail doing so). A worker that cannot
+        # start leaves the whole restore to the threads.
+        try:
+            started: set[int] = set()
+            deadline = time.monotonic() + 120
+            while len(started) < wanted:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(started)} of {wanted} started in 120 s")
+                pings = [procs.submit(restore_worker.ping, 0.05) for _ in range(wanted)]
+                started.update(ping.result(timeout=120) for ping in pings)
+        except Exception as e:  # noqa: BLE001 - any failure to start means: use threads
+            log.warning("restore worker processes could not start (%s); using threads", e)
+            procs.shutdown(wait=False, cancel_futures=True)
+            self._procs_broken = True
+            return None
+        self.stats.worker_processes = wanted
+        self._procs = procs
+        return procs
 
     def _submit_to_processes(
         self, procs: ProcessPoolExecutor, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]
@@ -444,26 +474,34 @@ class Restorer:
             # Its files may be partly written: they are reported, never retried over.
             why = f"the restore worker process failed ({failure}); restore this file again"
             outcomes = [Outcome("failed", reason=why)] * len(batch)
-        for (f, _, _, _), o in zip(batch, outcomes, strict=True):
-            try:
-                if o.state == "done":
-                    with self.stats.lock:
-                        self.stats.files += 1
-                        self.stats.bytes_written += o.written
-                    if self._progress is not None:
-                        self._progress(self.stats)
-                elif o.state == "skipped":
-                    with self.stats.lock:
-                        self.stats.skipped += 1
-                else:
-                    self._error(f.relb, o.reason, damaged=o.damaged)
-            finally:
-                self._slots.release()
-                if f.dir is not None:
-                    self._release_dir(f.dir)
-        with self._proc_done:
-            self._proc_batches -= 1
-            self._proc_done.notify_all()
+        try:
+            for (f, _, _, _), o in zip(batch, outcomes, strict=True):
+                try:
+                    self._account(f, o)
+                finally:
+                    self._slots.release()
+                    if f.dir is not None:
+                        self._release_dir(f.dir)
+        finally:
+            with self._proc_done:
+                self._proc_batches -= 1
+                self._proc_done.notify_all()
+
+    def _account(self, f: _OpenFile, o: Outcome) -> None:
+        if o.state == "done":
+            with self.stats.lock:
+                self.stats.files += 1
+                self.stats.bytes_written += o.written
+            if self._progress is not None:
+                try:
+                    self._progress(self.stats)
+                except Exception:
+                    log.exception("restore progress callback failed")  # the restore goes on
+        elif o.state == "skipped":
+            with self.stats.lock:
+                self.stats.skipped += 1
+        else:
+            self._error(f.relb, o.reason, damaged=o.damaged)
 
     def _wait_processes(self) -> None:
         with self._proc_done:

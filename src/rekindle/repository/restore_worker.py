@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -135,6 +136,7 @@ class Setup:
     target: str  # the restore's target directory
     existing: str  # OVERWRITE, SKIP or RENAME
     restore_owner: bool
+    target_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the target the walk opened
 
 
 class _Worker:
@@ -148,6 +150,10 @@ class _Worker:
             clock=SystemClock(),
         )
         self.root_fd = os.open(setup.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self.root_fd)
+        if (st.st_dev, st.st_ino) != setup.target_id:
+            os.close(self.root_fd)
+            raise RuntimeError(f"{setup.target} is no longer the directory the restore opened")
         self.existing = setup.existing
         self.restore_owner = setup.restore_owner
         self.scratch = bytearray(setup.config.chunk_max + 1)
@@ -209,6 +215,12 @@ def start(factory: Callable[[], Backend], setup: Setup) -> None:
     """The process pool's initializer."""
     global _worker  # noqa: PLW0603 - one worker per process, made once
     _worker = _Worker(factory(), setup)
+
+
+def ping(linger: float) -> int:
+    """Proves a worker started (its initializer ran); lingering lets the others answer too."""
+    time.sleep(linger)
+    return os.getpid()
 
 
 def write_batch(batch: Batch, where: dict[bytes, list[Location]]) -> list[Outcome]:

@@ -77,7 +77,8 @@ class BlobWriter:
         self._slots = threading.BoundedSemaphore(max_pending_uploads)
         self._futures: list[Future[None]] = []
         self._done_packs: list[PackEntries] = []
-        self._spools: set[Spool] = set()  # open ones, closed by `close` if never stored
+        self._packs: set[_OpenPack] = set()  # not stored yet: `close` closes their spools
+        self._closed = False
         self._local = threading.local()
         self._error: BaseException | None = None
         self.bytes_added = 0  # stored bytes of new blobs
@@ -110,6 +111,8 @@ class BlobWriter:
         finished: _OpenPack | None = None
         run: tuple[bytearray, int] | None = None
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the blob writer is closed")
             op = self._open.get(kind)
             if op is None:
                 op = self._open[kind] = self._new_pack(kind)
@@ -171,9 +174,9 @@ class BlobWriter:
         return memoryview(buf)[:length]
 
     def _new_pack(self, kind: BlobKind) -> _OpenPack:
-        spool = self.repo.backend.new_spool()
-        self._spools.add(spool)
-        return _OpenPack(PackBuilder(self.repo.keys, kind), spool)
+        op = _OpenPack(PackBuilder(self.repo.keys, kind), self.repo.backend.new_spool())
+        self._packs.add(op)
+        return op
 
     def store_plain(self, kind: BlobKind, chunk_id: bytes, plaintext: bytes) -> None:
         self.store(kind, chunk_id, codec.encode(plaintext, self._level), len(plaintext))
@@ -185,7 +188,7 @@ class BlobWriter:
             fut = self._uploads.submit(self._upload, op)
         except BaseException:
             self._slots.release()
-            self._close_spool(op.spool)
+            self._close_pack(op)
             raise
         with self._lock:
             self._futures.append(fut)
@@ -223,7 +226,7 @@ class BlobWriter:
                 self._error = self._error or e
             raise
         finally:
-            self._close_spool(spool)
+            self._close_pack(op)
             self._slots.release()
 
     def _raise_pending(self) -> None:
@@ -239,7 +242,7 @@ class BlobWriter:
             if len(op.builder):
                 self._submit(op)
             else:
-                self._close_spool(op.spool)
+                self._close_pack(op)
         with self._lock:
             futures, self._futures = self._futures, []
         for f in futures:
@@ -250,15 +253,22 @@ class BlobWriter:
         if packs:
             self.repo.write_index(packs)
 
-    def _close_spool(self, spool: Spool) -> None:
-        spool.close()
+    def _close_pack(self, op: _OpenPack) -> None:
+        op.spool.close()
         with self._lock:
-            self._spools.discard(spool)
+            self._packs.discard(op)
 
     def close(self) -> None:
+        """Stop: no blob is stored from now on, and the spool files of packs never stored
+        are removed once the writes under way into them are over."""
+        with self._lock:
+            self._closed = True
         self._uploads.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            left, self._spools = self._spools, set()
+            left, self._packs = self._packs, set()
             self._open.clear()
-        for spool in left:  # a backup that failed or stopped: nothing more is stored
-            spool.close()
+        for op in left:  # a backup that failed or stopped: nothing more is stored
+            with op.written:
+                while op.writing:
+                    op.written.wait()
+            op.spool.close()

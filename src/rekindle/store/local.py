@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import secrets
@@ -122,13 +123,16 @@ class LocalBackend(Backend):
 
     def new_spool(self) -> Spool:
         """A temporary file in the repository's own root, so `write_spool` links it into
-        place instead of copying it (a crash leaves a `.tmp-` file, see clean_temporaries)."""
+        place instead of copying it. A spool may stay open for hours (a pack that fills
+        slowly), so it is flocked while open: `clean_temporaries` (prune) leaves it alone;
+        after a crash the lock is gone and the file is cleaned like any `.tmp-` file."""
         self._ensure_dir(self.root)
         path = self.root / f"{_TMP}spool-{secrets.token_hex(8)}"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise _storage_error(e, "creating a temporary pack file") from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         return Spool(fd, str(path), str(self.root))
 
     def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
@@ -151,6 +155,9 @@ class LocalBackend(Backend):
                 os.replace(tmp, path)
             spool.path = None  # taken over: closing the spool must not remove it
         except OSError as e:
+            if e.errno == errno.EXDEV:  # data/ or tree/ is on another file system: copy
+                super().write_spool(name, spool, exclusive=exclusive)
+                return
             raise _storage_error(e, f"writing {name}") from None
         if self._fsync:
             self._fsync_dir(path.parent)
@@ -259,7 +266,19 @@ class LocalBackend(Backend):
             for fn in filenames:
                 p = Path(dirpath) / fn
                 with contextlib.suppress(OSError):
-                    if fn.startswith(_TMP) and p.stat().st_mtime < cutoff:
+                    if fn.startswith(_TMP) and p.stat().st_mtime < cutoff and _unused(p):
                         p.unlink()
                         removed += 1
         return removed
+
+
+def _unused(path: Path) -> bool:
+    """No live writer holds this temporary file (spools are flocked while open)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # the lock, if taken, goes with it
+    return True

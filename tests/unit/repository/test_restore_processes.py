@@ -126,12 +126,14 @@ def test_a_worker_never_follows_a_symlink_to_its_directory(
     outside = tmp_path / "outside"
     outside.mkdir()
     (target / "a" / "b").symlink_to(outside)
+    st = target.stat()
     setup = restore_worker.Setup(
         master=b"k" * 32,
         config=RepoConfig(id=b"\0" * 32, created=""),
         target=str(target),
         existing="overwrite",
         restore_owner=False,
+        target_id=(st.st_dev, st.st_ino),
     )
     factory = LocalBackend(tmp_path / "repo").reader_factory()
     assert factory is not None
@@ -141,3 +143,44 @@ def test_a_worker_never_follows_a_symlink_to_its_directory(
     (outcome,) = restore_worker.write_batch([(b"a/b", node)], {})
     assert outcome.state == "failed"
     assert list(outside.iterdir()) == []
+
+
+def test_worker_processes_that_cannot_start_leave_the_work_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import multiprocessing.context
+
+    def no_process(self: object) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", no_process)
+    src = tmp_path / "src"
+    _varied_tree(src)
+    with _repo(tmp_path) as repo:
+        snap = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+        stats = restore(repo, snap, tmp_path / "out", PROCESSES)
+    assert stats.worker_processes == 0
+    assert stats.errors == []
+    assert tree_differences(src, tmp_path / "out") == []
+
+
+def test_a_worker_refuses_a_target_that_is_not_the_one_the_walk_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "target").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    st = (tmp_path / "elsewhere").stat()
+    setup = restore_worker.Setup(
+        master=b"k" * 32,
+        config=RepoConfig(id=b"\0" * 32, created=""),
+        target=str(tmp_path / "target"),
+        existing="overwrite",
+        restore_owner=False,
+        target_id=(st.st_dev, st.st_ino),
+    )
+    factory = LocalBackend(tmp_path / "repo").reader_factory()
+    assert factory is not None
+    monkeypatch.setattr(restore_worker, "_worker", None)
+    with pytest.raises(RuntimeError, match="no longer the directory"):
+        restore_worker.start(factory, setup)

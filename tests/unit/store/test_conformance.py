@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,3 +210,41 @@ def test_spools_leave_no_temporary_files_behind(tmp_path: Path) -> None:
     )
     assert files == ["data/ab/ab01"]
     assert (tmp_path / "repo" / "data/ab/ab01").read_bytes() == b"pack bytes"
+
+
+def test_prune_leaves_an_open_spool_alone_and_removes_an_abandoned_one(tmp_path: Path) -> None:
+    """A pack may fill for hours; its spool, flocked while open, survives a cleanup of old
+    temporary files, while one left by a crashed writer (no lock) goes."""
+    backend = LocalBackend(tmp_path / "repo")
+    live = backend.new_spool()
+    live.write(b"filling slowly")
+    dead = tmp_path / "repo" / ".tmp-spool-crashed"
+    dead.write_bytes(b"left by a kill -9")
+    two_hours_ago = time.time() - 7200
+    for p in (Path(str(live.path)), dead):
+        os.utime(p, (two_hours_ago, two_hours_ago))
+    assert backend.clean_temporaries(older_than=3600) == 1
+    assert not dead.exists()
+    backend.write_spool("data/ab/ab02", live)
+    live.close()
+    assert backend.read("data/ab/ab02") == b"filling slowly"
+
+
+def test_a_spool_on_another_file_system_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = LocalBackend(tmp_path / "repo")
+    spool = backend.new_spool()
+    spool.write(b"pack")
+    real_link = os.link
+
+    def cross_device(src: str, dst: str, **kw: object) -> None:
+        if ".tmp-spool-" in str(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_link(src, dst, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", cross_device)
+    backend.write_spool("data/ab/ab03", spool)
+    spool.close()
+    assert backend.read("data/ab/ab03") == b"pack"
+    assert [i.name for i in backend.list("")] == ["data/ab/ab03"]
