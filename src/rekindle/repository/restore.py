@@ -61,6 +61,7 @@ PART_BYTES = 32 * 1024 * 1024
 # Worker processes cost a start-up (an interpreter and the imports, about 0.2 s each): a
 # restore turns to them once it has met this many small files.
 PROCESS_AFTER_FILES = 2000
+PROCESS_START_S = 120
 
 
 @dataclass
@@ -90,6 +91,20 @@ class _OpenFile:
     dir: _Dir | None = None  # set when the writer thread creates the file
     failed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class _Starting:
+    """Worker processes being started: the pings each must answer."""
+
+    pool: ProcessPoolExecutor
+    wanted: int
+    deadline: float
+    pings: list[Future[int]] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)  # pids that answered
+
+    def ping(self) -> None:
+        self.pings = [self.pool.submit(restore_worker.ping, 0.05) for _ in range(self.wanted)]
 
 
 class Existing(StrEnum):
@@ -124,6 +139,9 @@ class RestoreOptions:
     processes: int | None = None
     #: How many small files the restore meets before it starts the worker processes.
     process_after_files: int = PROCESS_AFTER_FILES
+    #: Wait for the worker processes to start instead of going on with threads meanwhile
+    #: (a restore too small to outlast their start-up would otherwise never use them).
+    wait_for_processes: bool = False
 
 
 def norm_include(p: str) -> str:
@@ -166,6 +184,7 @@ class Restorer:
         self._proc_batches = 0  # submitted to the processes and not yet accounted for
         self._proc_done = threading.Condition()
         self._procs_broken = False  # a worker process died: threads do the rest
+        self._starting: _Starting | None = None  # worker processes starting up
 
     # -- selection -----------------------------------------------------------------------------
     def _wanted(self, rel: str) -> tuple[bool, bool]:
@@ -197,6 +216,8 @@ class Restorer:
                         f.result()
                     self._wait_processes()
                 finally:
+                    if self._starting is not None:  # never used
+                        self._starting.pool.shutdown(wait=False, cancel_futures=True)
                     if self._procs is not None:
                         self._procs.shutdown(wait=True, cancel_futures=True)
         finally:
@@ -383,26 +404,36 @@ class Restorer:
 
     # -- worker processes ----------------------------------------------------------------------
     def _processes(self) -> ProcessPoolExecutor | None:
-        """The worker processes, started once the restore has met enough small files; None
-        while threads do (or when they cannot be used)."""
+        """The worker processes once they are running; None while threads do (before the
+        restore has met enough small files, while the processes start, or when they cannot
+        be used)."""
         if self._procs_broken:
             return None
         if self._procs is not None:
             return self._procs
+        if self._starting is None:
+            self._start_processes()
+        while self._starting is not None:
+            if self._check_started() is not None or not self.opts.wait_for_processes:
+                break
+            time.sleep(0.02)
+        return self._procs
+
+    def _start_processes(self) -> None:
         wanted = self.opts.processes
         if wanted is None:
             wanted = min(2, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
         if wanted <= 0 or self._small_seen < self.opts.process_after_files:
-            return None
+            return
         factory = self.repo.backend.reader_factory()
         if factory is None:  # a remote or rate-limited backend: threads do
-            return None
+            return
         # Imported here: backups import this module (through reach), and memory matters there.
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         root = os.fstat(self._root_fd)
-        procs = ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             wanted,
             # spawn, not fork: this process has threads (and their locks) by now.
             mp_context=multiprocessing.get_context("spawn"),
@@ -419,25 +450,42 @@ class Restorer:
                 ),
             ),
         )
-        # Start every worker now and see each one ready: once all are running, a submit
-        # never starts a process (and cannot half-fail doing so). A worker that cannot
-        # start leaves the whole restore to the threads.
+        self._starting = _Starting(pool, wanted, time.monotonic() + PROCESS_START_S)
         try:
-            started: set[int] = set()
-            deadline = time.monotonic() + 120
-            while len(started) < wanted:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(started)} of {wanted} started in 120 s")
-                pings = [procs.submit(restore_worker.ping, 0.05) for _ in range(wanted)]
-                started.update(ping.result(timeout=120) for ping in pings)
+            self._starting.ping()
         except Exception as e:  # noqa: BLE001 - any failure to start means: use threads
-            log.warning("restore worker processes could not start (%s); using threads", e)
-            procs.shutdown(wait=False, cancel_futures=True)
-            self._procs_broken = True
+            self._processes_failed(e)
+
+    def _check_started(self) -> ProcessPoolExecutor | None:
+        """Every worker is started, and seen answering, before the first batch goes to them:
+        once all are running, a submit never starts a process (and cannot half-fail doing
+        so). The walk goes on with threads meanwhile; if they cannot start, threads do all."""
+        st = self._starting
+        if st is None:
+            return self._procs
+        try:
+            if not all(p.done() for p in st.pings):
+                if time.monotonic() > st.deadline:
+                    raise TimeoutError(f"not started in {PROCESS_START_S} s")
+                return None
+            st.seen.update(p.result() for p in st.pings)
+            if len(st.seen) < st.wanted:
+                st.ping()  # one worker answered for another: ask again
+                return None
+        except Exception as e:  # noqa: BLE001 - any failure to start means: use threads
+            self._processes_failed(e)
             return None
-        self.stats.worker_processes = wanted
-        self._procs = procs
-        return procs
+        self._starting = None
+        self.stats.worker_processes = st.wanted
+        self._procs = st.pool
+        return st.pool
+
+    def _processes_failed(self, e: BaseException) -> None:
+        log.warning("restore worker processes could not start (%s); using threads", e)
+        if self._starting is not None:
+            self._starting.pool.shutdown(wait=False, cancel_futures=True)
+            self._starting = None
+        self._procs_broken = True
 
     def _submit_to_processes(
         self, procs: ProcessPoolExecutor, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]

@@ -20,7 +20,7 @@ from rekindle.store.local import LocalBackend
 from tests.helpers import make_repo, tree_differences
 from tests.unit.repository.test_backup_restore import build_tree
 
-PROCESSES = RestoreOptions(processes=2, process_after_files=0)
+PROCESSES = RestoreOptions(processes=2, process_after_files=0, wait_for_processes=True)
 
 
 def _varied_tree(root: Path) -> None:
@@ -102,7 +102,9 @@ def test_existing_files_policy_in_worker_processes(tmp_path: Path, mode: Existin
     (target / "f3").write_text("already here")
     with _repo(tmp_path) as repo:
         snap = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
-        opts = RestoreOptions(existing=mode, processes=2, process_after_files=0)
+        opts = RestoreOptions(
+            existing=mode, processes=2, process_after_files=0, wait_for_processes=True
+        )
         stats = restore(repo, snap, target, opts)
     assert stats.worker_processes == 2 and stats.errors == []
     assert (target / "f4").read_text() == "from backup 4"
