@@ -171,9 +171,6 @@ def backup(
     json_: JsonOpt = False,
 ) -> None:
     """Back up PATHS into a new restore point. Exit status 3: done, but files were missed."""
-    from rekindle.repository.backup import BackupOptions, BackupStats
-    from rekindle.repository.backup import backup as run_backup
-
     patterns = list(exclude or [])
     if exclude_file is not None:
         try:
@@ -184,20 +181,22 @@ def backup(
             ]
         except OSError as e:
             raise UsageError(f"cannot read {exclude_file}: {e.strerror}") from None
-    opts = BackupOptions(
-        paths=paths,
-        excludes=patterns,
-        one_file_system=one_file_system,
-        tags=list(tag or []),
-        host=host,
-    )
     with open_repo() as repo:
-        # rich only after the key derivation, the peak of memory (see format/codec.py)
+        # The engine and rich only after the key derivation, the peak of a no-change
+        # backup's memory (see format/codec.py).
         from rekindle.cli.progress import LiveProgress, backup_line
         from rekindle.core.memory import limit_malloc_arenas
+        from rekindle.repository.backup import BackupOptions, BackupStats
+        from rekindle.repository.backup import backup as run_backup
 
         limit_malloc_arenas()  # before the backup's threads start
-
+        opts = BackupOptions(
+            paths=paths,
+            excludes=patterns,
+            one_file_system=one_file_system,
+            tags=list(tag or []),
+            host=host,
+        )
         stats = BackupStats()
         live = LiveProgress(lambda: backup_line(stats), enabled=None)
         opts.estimate = live.enabled
