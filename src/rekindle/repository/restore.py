@@ -40,6 +40,7 @@ from rekindle.repository.locks import shared_lock_if_writable
 from rekindle.repository.repo import Repository
 from rekindle.repository.restore_worker import (
     Outcome,
+    finish_file,
     is_damage,
     open_new,
     reason_of,
@@ -491,9 +492,7 @@ class Restorer:
         self, procs: ProcessPoolExecutor, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]
     ) -> bool:
         """Hand a batch to the worker processes; False if they are gone (nothing was done)."""
-        where = self.repo.index.lookup_many(
-            i for _, items, _, _ in batch for i in items if isinstance(i, bytes)
-        )
+        where = self._locations(batch)
         from concurrent.futures.process import BrokenProcessPool
 
         work = [(f.dir.relb if f.dir else b"", f.node) for f, _, _, _ in batch]
@@ -537,30 +536,39 @@ class Restorer:
 
     def _account(self, f: _OpenFile, o: Outcome) -> None:
         if o.state == "done":
-            with self.stats.lock:
-                self.stats.files += 1
-                self.stats.bytes_written += o.written
-            if self._progress is not None:
-                try:
-                    self._progress(self.stats)
-                except Exception:
-                    log.exception("restore progress callback failed")  # the restore goes on
+            self._file_done(o.written)
         elif o.state == "skipped":
             with self.stats.lock:
                 self.stats.skipped += 1
         else:
             self._error(f.relb, o.reason, damaged=o.damaged)
 
+    def _file_done(self, written: int) -> None:
+        """A file restored whole (`written`: its bytes not yet counted)."""
+        with self.stats.lock:
+            self.stats.files += 1
+            self.stats.bytes_written += written
+        if self._progress is not None:
+            try:
+                self._progress(self.stats)
+            except Exception:
+                log.exception("restore progress callback failed")  # the restore goes on
+
     def _wait_processes(self) -> None:
         with self._proc_done:
             while self._proc_batches:
                 self._proc_done.wait()
 
-    def _write_batch(self, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]) -> None:
-        # One index query for the whole batch instead of one per chunk.
-        where = self.repo.index.lookup_many(
+    def _locations(
+        self, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]
+    ) -> dict[bytes, list[Location]]:
+        """One index query for the chunks of a whole batch instead of one per chunk."""
+        return self.repo.index.lookup_many(
             i for _, items, _, _ in batch for i in items if isinstance(i, bytes)
         )
+
+    def _write_batch(self, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]) -> None:
+        where = self._locations(batch)
         for f, items, start, end in batch:
             self._write_part(f, items, start, end, where)
 
@@ -577,15 +585,17 @@ class Restorer:
             return
         try:
             if not f.failed:
-                pos, written = write_content(
-                    self.repo, f.fd, items, start=start, where=where, scratch=self._scratch()
+                written = write_content(
+                    self.repo,
+                    f.fd,
+                    items,
+                    start=start,
+                    end=end,
+                    where=where,
+                    scratch=self._scratch(),
                 )
                 with self.stats.lock:
                     self.stats.bytes_written += written
-                if pos != end:
-                    raise IntegrityError(
-                        f"content adds up to {pos - start} bytes, expected {end - start}"
-                    )
         except (OSError, IntegrityError, ObjectNotFoundError, RekindleError) as e:
             with f.lock:
                 first = not f.failed
@@ -632,12 +642,8 @@ class Restorer:
     def _finish_file(self, f: _OpenFile) -> None:
         try:
             if not f.failed:
-                os.ftruncate(f.fd, f.node.size)
-                set_meta(f.fd, f.node, restore_owner=self.opts.restore_owner)
-                with self.stats.lock:
-                    self.stats.files += 1
-                if self._progress is not None:
-                    self._progress(self.stats)
+                finish_file(f.fd, f.node, restore_owner=self.opts.restore_owner)
+                self._file_done(0)
         except OSError as e:
             self._error(f.relb, reason_of(e))
         finally:

@@ -95,11 +95,12 @@ def write_content(
     items: list[bytes | int],
     *,
     start: int,
+    end: int,
     where: dict[bytes, list[Location]] | None,
     scratch: bytearray,
-) -> tuple[int, int]:
-    """Write a file's chunks (and skip its holes) from offset `start`; returns (the end, the
-    bytes written)."""
+) -> int:
+    """Write chunks (and skip holes) into bytes [start, end) of a file; returns the bytes
+    written. Content that does not add up to exactly that range is an IntegrityError."""
     pos = start
     written = 0
     for item in items:
@@ -113,7 +114,15 @@ def write_content(
             pos += n
             written += n
             view = view[n:]
-    return pos, written
+    if pos != end:
+        raise IntegrityError(f"content adds up to {pos - start} bytes, expected {end - start}")
+    return written
+
+
+def finish_file(fd: int, node: Node, *, restore_owner: bool) -> None:
+    """Once all content is written: the recorded size (a trailing hole), then metadata."""
+    os.ftruncate(fd, node.size)
+    set_meta(fd, node, restore_owner=restore_owner)
 
 
 def is_damage(e: BaseException) -> bool:
@@ -194,13 +203,16 @@ class _Worker:
             return Outcome("skipped")
         fd = opened[0]
         try:
-            end, written = write_content(
-                self.repo, fd, node.content, start=0, where=where, scratch=self.scratch
+            written = write_content(
+                self.repo,
+                fd,
+                node.content,
+                start=0,
+                end=node.size,
+                where=where,
+                scratch=self.scratch,
             )
-            if end != node.size:
-                raise IntegrityError(f"content adds up to {end} bytes, expected {node.size}")
-            os.ftruncate(fd, node.size)
-            set_meta(fd, node, restore_owner=self.restore_owner)
+            finish_file(fd, node, restore_owner=self.restore_owner)
             return Outcome("done", written=written)
         except (OSError, RekindleError) as e:
             return Outcome("failed", reason=reason_of(e), damaged=is_damage(e))

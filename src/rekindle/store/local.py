@@ -102,19 +102,25 @@ class LocalBackend(Backend):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            if exclusive:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise ObjectExistsError(f"{name} already exists") from None
-                finally:
-                    tmp.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, path)
-        except OSError as e:
+            self._place(tmp, path, name, exclusive=exclusive)
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            raise _storage_error(e, f"writing {name}") from None
+            if isinstance(e, OSError):
+                raise _storage_error(e, f"writing {name}") from None
+            raise
+
+    def _place(self, tmp: Path, path: Path, name: str, *, exclusive: bool) -> None:
+        """Put a synced temporary file in place: linked (exclusive: an existing object is
+        an error, and the temporary name goes) or renamed over; then sync the directory."""
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ObjectExistsError(f"{name} already exists") from None
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
         if self._fsync:
             self._fsync_dir(path.parent)
 
@@ -141,26 +147,16 @@ class LocalBackend(Backend):
             return
         path = self._path(name)
         self._ensure_dir(path.parent)
-        tmp = spool.path
         try:
             if self._fsync:
                 os.fsync(spool.fd)
-            if exclusive:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise ObjectExistsError(f"{name} already exists") from None
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, path)
-            spool.path = None  # taken over: closing the spool must not remove it
+            self._place(Path(spool.path), path, name, exclusive=exclusive)
         except OSError as e:
             if e.errno == errno.EXDEV:  # data/ or tree/ is on another file system: copy
                 super().write_spool(name, spool, exclusive=exclusive)
                 return
             raise _storage_error(e, f"writing {name}") from None
-        if self._fsync:
-            self._fsync_dir(path.parent)
+        spool.path = None  # taken over: closing the spool must not remove it
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         try:
