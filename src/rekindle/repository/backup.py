@@ -31,12 +31,19 @@ from rekindle import __version__
 
 if TYPE_CHECKING:
     import pathspec
+
+    from rekindle.repository.backup_procs import WorkerProcesses
 from rekindle.core.errors import RekindleError, UsageError
 from rekindle.format import codec
 from rekindle.format.chunker import Chunker
 from rekindle.format.registry import BlobKind, NodeType
 from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import ContentItem, Node, encode_tree
+from rekindle.repository.backup_worker import (
+    FileOutcome,
+    open_for_reading,
+    same_file,
+)
 from rekindle.repository.filescache import DirEntries, FilesCache
 from rekindle.repository.locks import Lock
 from rekindle.repository.repo import Repository
@@ -51,6 +58,9 @@ BATCH_FILES = 64
 BATCH_BYTES = 8 * 1024 * 1024
 MAX_INFLIGHT_FILES = 4096  # finalize finished directories beyond this many queued files
 MAX_QUEUED_DIRS = 256  # ... or beyond this many walked directories (bounds memory)
+# Worker processes cost a start-up (an interpreter and the imports, about 0.1 s of CPU
+# each): a backup starts them once it has met this many small files to read.
+PROCESS_AFTER_FILES = 1000
 
 
 FIND_PARENT = "find"
@@ -79,6 +89,12 @@ class BackupOptions:
     #: these paths (reads every restore point); a caller that knows it (the cloud's catalog)
     #: gives its id, or None for a first backup.
     parent: str | None = FIND_PARENT
+    #: Worker processes that read and store small files (backup_worker.py). None: one per
+    #: CPU, up to 2, when the repository can be written from another process (a local
+    #: one); 0: threads only.
+    processes: int | None = None
+    #: How many small files to read the backup meets before it starts the processes.
+    process_after_files: int = PROCESS_AFTER_FILES
 
 
 class BackupStopped(RekindleError):  # noqa: N818 - a stop on request, not a failure
@@ -111,6 +127,7 @@ class BackupStats:
     missed: list[tuple[str, str]] = field(default_factory=list)
     changed_while_read: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    worker_processes: int = 0  # worker processes that read small files (0: threads only)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -139,10 +156,8 @@ class BackupResult:
     stats: BackupStats
 
 
-@dataclass
-class _FileResult:
-    content: list[ContentItem]
-    changed: bool
+#: A file read: its content, whether it changed while read, and its bytes not yet counted.
+_Read = tuple[list[ContentItem], bool, int]
 
 
 @dataclass
@@ -152,7 +167,7 @@ class _Frame:
     path: bytes
     node: Node | None  # the directory's node in its parent (None for the root)
     nodes: list[Node]
-    pending: list[tuple[Node, Future[list[_FileResult | OSError]], int, os.stat_result, bytes]]
+    pending: list[tuple[Node, Future[list[FileOutcome]], int, os.stat_result, bytes]]
     cache_entries: DirEntries
     # Files found but not yet handed to a reader thread: (node, path, stat, new|changed).
     queued: list[tuple[Node, bytes, os.stat_result, bytes]] = field(default_factory=list)
@@ -195,6 +210,10 @@ def _gitignore(patterns: list[str]) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
+def _sparse(st: os.stat_result) -> bool:
+    return st.st_size > 0 and st.st_blocks * 512 < st.st_size
+
+
 def _read_xattrs(path: bytes) -> list[tuple[bytes, bytes]]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -207,15 +226,6 @@ def _read_xattrs(path: bytes) -> list[tuple[bytes, bytes]]:
         except OSError:
             continue
     return out
-
-
-def _same(st: os.stat_result, other: os.stat_result) -> bool:
-    return (
-        st.st_size == other.st_size
-        and st.st_mtime_ns == other.st_mtime_ns
-        and st.st_ctime_ns == other.st_ctime_ns
-        and st.st_ino == other.st_ino
-    )
 
 
 class Archiver:
@@ -239,6 +249,9 @@ class Archiver:
         self._last_cache: DirEntries | None = None
         self._parent: str | None = None
         self._started_at = repo.clock.now()
+        self._procs: WorkerProcesses | None = None
+        self._procs_tried = False
+        self._small_seen = 0
 
     # -- worker side ------------------------------------------------------------------------
     def _chunker(self) -> Chunker:
@@ -303,26 +316,30 @@ class Archiver:
     def _stop_requested(self) -> bool:
         return self.opts.should_stop is not None and self.opts.should_stop()
 
-    def _read_batch(self, files: list[tuple[bytes, os.stat_result]]) -> list[_FileResult | OSError]:
-        out: list[_FileResult | OSError] = []
-        for path, st in files:
-            try:
-                out.append(self._read_file(path, st))
-            except OSError as e:
-                out.append(e)
-        return out
+    def _read_batch(self, files: list[tuple[bytes, os.stat_result]]) -> list[FileOutcome]:
+        return [self._read_one(path, st) for path, st in files]
 
-    def _read_file(self, path: bytes, st: os.stat_result) -> _FileResult:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+    def _read_one(self, path: bytes, st: os.stat_result) -> _Read | OSError:
         try:
-            fd = os.open(path, flags)
-        except PermissionError:
-            fd = os.open(path, flags & ~getattr(os, "O_NOATIME", 0))
+            return self._read_file(path, st)
+        except OSError as e:
+            return e
+
+    def _outcome(
+        self, fut: Future[list[FileOutcome]], k: int, path: bytes, st: os.stat_result
+    ) -> _Read | OSError:
+        """How reading one file went, once its batch is done."""
+        res = fut.result()[k]
+        if isinstance(res, str):  # GREW: a worker process met a file no longer small
+            return self._read_one(path, st)
+        return res
+
+    def _read_file(self, path: bytes, st: os.stat_result) -> _Read:
+        fd = open_for_reading(path)
         try:
             content: list[ContentItem] = []
             small = self.repo.config.chunk_min
-            sparse = st.st_size > 0 and st.st_blocks * 512 < st.st_size
-            if sparse:
+            if _sparse(st):
                 self._read_sparse(fd, st.st_size, content)
             elif st.st_size <= small:
                 # A small file is one chunk (FORMAT.md): one read, no chunker.
@@ -339,8 +356,7 @@ class Archiver:
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        changed = not _same(st, after) or after.st_mtime_ns != st.st_mtime_ns
-        return _FileResult(content, changed)
+        return content, not same_file(st, after), 0  # its bytes are counted as read
 
     def _read_sparse(self, fd: int, size: int, content: list[ContentItem]) -> None:
         pos = 0
@@ -425,8 +441,22 @@ class Archiver:
         self._inflight += 1
 
     def _submit_queued(self, frame: _Frame) -> None:
-        """Hand the frame's queued files to the reader threads, in batches."""
+        """Hand the frame's queued files to the worker processes (small files, once they
+        run) or the reader threads, in batches."""
         queued, frame.queued = frame.queued, []
+        if not queued:
+            return
+        limit = self.repo.config.chunk_min
+        small = [q for q in queued if q[2].st_size <= limit and not _sparse(q[2])]
+        procs = self._processes(len(small))
+        if procs is not None and small:
+            rest = [q for q in queued if q[2].st_size > limit or _sparse(q[2])]
+            queued = self._submit_to_processes(procs, frame, small) + rest
+        self._submit_to_threads(frame, queued)
+
+    def _submit_to_threads(
+        self, frame: _Frame, queued: list[tuple[Node, bytes, os.stat_result, bytes]]
+    ) -> None:
         i = 0
         while i < len(queued):
             batch = [queued[i]]
@@ -439,6 +469,60 @@ class Archiver:
             fut = self._pool.submit(self._read_batch, [(p, st) for _, p, st, _ in batch])
             for k, (node, _, st, how) in enumerate(batch):
                 frame.pending.append((node, fut, k, st, how))
+
+    # -- worker processes ----------------------------------------------------------------------
+    def _processes(self, small: int) -> WorkerProcesses | None:
+        """The worker processes, started once the backup has met enough small files; None
+        while there are none (not yet, not wanted, or the repository is not local)."""
+        if self._procs is not None or self._procs_tried:
+            return self._procs
+        self._small_seen += small
+        if self._small_seen < self.opts.process_after_files:
+            return None
+        self._procs_tried = True
+        wanted = self.opts.processes
+        if wanted is None:
+            cpus = os.cpu_count() or 1
+            wanted = min(2, cpus) if cpus > 1 else 0
+        factory = self.repo.backend.writer_factory()
+        if wanted <= 0 or factory is None:
+            return None
+        from rekindle.repository.backup_procs import WorkerProcesses
+        from rekindle.repository.backup_worker import Setup
+
+        def read(n: int) -> None:
+            with self.stats.lock:
+                self.stats.bytes_read += n
+
+        try:
+            self._procs = WorkerProcesses(
+                Setup(master=self.repo.keys.master, config=self.repo.config, factory=factory),
+                wanted,
+                self.writer,
+                read,
+            )
+        except OSError as e:  # cannot start a process at all: threads do everything
+            log.warning("backup worker processes could not start (%s); using threads", e)
+        return self._procs
+
+    def _submit_to_processes(
+        self,
+        procs: WorkerProcesses,
+        frame: _Frame,
+        small: list[tuple[Node, bytes, os.stat_result, bytes]],
+    ) -> list[tuple[Node, bytes, os.stat_result, bytes]]:
+        """Hand small files to the worker processes in batches; returns those left for the
+        threads (all of them while no worker has started yet)."""
+        i = 0
+        while i < len(small):
+            batch = small[i : i + BATCH_FILES]
+            fut = procs.submit([(p, st) for _, p, st, _ in batch])
+            if fut is None:
+                return small[i:]
+            i += len(batch)
+            for k, (node, _, st, how) in enumerate(batch):
+                frame.pending.append((node, fut, k, st, how))
+        return []
 
     def repo_cache_get(self, dir_path: bytes) -> DirEntries | None:
         if self._last_cache_dir != dir_path:
@@ -499,18 +583,19 @@ class Archiver:
         missed: set[int] = set()
         for node, fut, k, st, how in frame.pending:
             self._inflight -= 1
-            res = fut.result()[k]
+            res = self._outcome(fut, k, os.path.join(frame.path, node.name), st)
             if isinstance(res, OSError):
                 self._miss(os.path.join(frame.path, node.name), res)
                 missed.add(id(node))
                 continue
-            node.content = res.content
+            content, changed, _ = res
+            node.content = content
             with self.stats.lock:
                 if how == b"new":
                     self.stats.files_new += 1
                 else:
                     self.stats.files_changed += 1
-            if res.changed:
+            if changed:
                 node.changed_while_read = True
                 self.stats.changed_while_read.append(
                     os.fsdecode(os.path.join(frame.path, node.name))
@@ -521,7 +606,7 @@ class Archiver:
                     st.st_mtime_ns,
                     st.st_ctime_ns,
                     st.st_ino,
-                    res.content,
+                    content,
                     node.xattrs,
                 ]
         nodes = [n for n in frame.nodes if id(n) not in missed]
@@ -576,16 +661,19 @@ class Archiver:
                 except _StopRequested:
                     # Let the files being read finish, then index everything stored.
                     pool.shutdown(wait=True, cancel_futures=True)
-                    self.writer.flush()
+                    self._flush()
                     stopped = True
                 else:
-                    self.writer.flush()
+                    self._flush()
                     stopped = False
             finally:
                 if scanner is not None:
                     scanner.stop()
                 # No reader may still be storing when the writer closes its pack files.
                 pool.shutdown(wait=True, cancel_futures=True)
+                if self._procs is not None:
+                    self.stats.worker_processes = self._procs.count
+                    self._procs.close()
                 self.writer.close()
             with self.stats.lock:
                 self.stats.bytes_added = self.writer.bytes_added
@@ -611,6 +699,13 @@ class Archiver:
         self.files_cache.commit(self.repo.index_file_names())
         self.files_cache.close()
         return BackupResult(snap, self.stats)
+
+    def _flush(self) -> None:
+        """Everything stored so far, by threads and worker processes, into packs in the
+        backend and named by index files."""
+        if self._procs is not None:
+            self._procs.flush()
+        self.writer.flush()
 
     def _backup_layout(self, layout: PathLayout, recorded: list[bytes]) -> list[bytes]:
         self._started_at = self.repo.clock.now()
@@ -653,14 +748,14 @@ class Archiver:
             elif node.type is NodeType.FILE:
                 self._add_file(holder, node, real, st)
         self._submit_queued(holder)
-        for node, fut, k, _st, _how in holder.pending:
+        for node, fut, k, st, _how in holder.pending:
             self._inflight -= 1
-            res = fut.result()[k]
+            res = self._outcome(fut, k, os.path.join(base, node.name), st)
             if isinstance(res, OSError):
                 self._miss(os.path.join(base, node.name), res)
                 nodes.remove(node)
                 continue
-            node.content = res.content
+            node.content = res[0]
             with self.stats.lock:
                 self.stats.files_new += 1
         return self.store_tree(nodes)

@@ -24,6 +24,7 @@ from rekindle.format.indexdoc import PackEntries
 from rekindle.format.pack import BlobEntry, PackBuilder
 from rekindle.format.registry import BlobKind
 from rekindle.repository.repo import Repository, pack_name
+from rekindle.store.base import Backend
 from rekindle.store.spool import Spool
 
 # Write an index file after this many packs, so an interrupted backup's uploads are found
@@ -204,23 +205,8 @@ class BlobWriter:
                     op.written.wait()
                 if op.failed is not None:
                     raise op.failed
-            spool.write_at(builder.header, 0)
-            spool.write_at(builder.tail(), builder.size)
-            hasher = content_hasher()  # the pack's name: the hash of all its bytes
-            for piece in spool.pieces():
-                hasher.update(piece)
-            pack_id = hasher.digest()
-            self.repo.backend.write_spool(pack_name(builder.kind, pack_id), spool)
-            with self._lock:
-                self._done_packs.append(PackEntries(pack_id, builder.kind, builder.entries))
-                self.bytes_added += spool.size
-                self.packs_written += 1
-                write_index = len(self._done_packs) >= INDEX_EVERY_PACKS
-                packs = self._done_packs if write_index else []
-                if write_index:
-                    self._done_packs = []
-            if packs:
-                self.repo.write_index(packs)
+            pack_id = store_pack(self.repo.backend, builder, spool)
+            self._stored(PackEntries(pack_id, builder.kind, builder.entries), spool.size)
         except BaseException as e:
             with self._lock:
                 self._error = self._error or e
@@ -228,6 +214,31 @@ class BlobWriter:
         finally:
             self._close_pack(op)
             self._slots.release()
+
+    def _stored(self, pack: PackEntries, size: int) -> None:
+        """A pack is in the backend: its entries go into the next index file."""
+        with self._lock:
+            self._done_packs.append(pack)
+            self.bytes_added += size
+            self.packs_written += 1
+            write_index = len(self._done_packs) >= INDEX_EVERY_PACKS
+            packs = self._done_packs if write_index else []
+            if write_index:
+                self._done_packs = []
+        if packs:
+            self.repo.write_index(packs)
+
+    def add_stored_pack(self, pack: PackEntries, size: int) -> None:
+        """Account for a pack another process stored (backup's worker processes): its blobs
+        were reserved here, and the pack is indexed with this writer's."""
+        with self._lock:
+            self.blobs_added += len(pack.blobs)
+        try:
+            self._stored(pack, size)
+        except BaseException as e:
+            with self._lock:
+                self._error = self._error or e
+            raise
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -272,3 +283,16 @@ class BlobWriter:
                 while op.writing:
                     op.written.wait()
             op.spool.close()
+
+
+def store_pack(backend: Backend, builder: PackBuilder, spool: Spool) -> bytes:
+    """Finish a pack whose blobs are all written into `spool` (its header and tail), name it
+    by the hash of its bytes and store it; returns the pack id."""
+    spool.write_at(builder.header, 0)
+    spool.write_at(builder.tail(), builder.size)
+    hasher = content_hasher()  # the pack's name: the hash of all its bytes
+    for piece in spool.pieces():
+        hasher.update(piece)
+    pack_id = hasher.digest()
+    backend.write_spool(pack_name(builder.kind, pack_id), spool)
+    return pack_id

@@ -68,6 +68,12 @@ class Backend(ABC):
         not worth it (a remote store, where the network is the limit)."""
         return None
 
+    def writer_factory(self) -> Callable[[], Backend] | None:
+        """A picklable way to open this backend for writing in another process (backup's
+        worker processes store packs), or None when that would bypass something (a rate
+        limit, a fault injector, read-only access) or is not worth it (a remote store)."""
+        return None
+
     def new_spool(self) -> Spool:
         """A temporary file to assemble an object in; `write_spool` stores it."""
         return Spool.anonymous()

@@ -127,6 +127,9 @@ class LocalBackend(Backend):
     def reader_factory(self) -> Callable[[], Backend] | None:
         return functools.partial(LocalBackend, str(self.root), fsync=False)
 
+    def writer_factory(self) -> Callable[[], Backend] | None:
+        return functools.partial(LocalBackend, str(self.root), fsync=self._fsync)
+
     def new_spool(self) -> Spool:
         """A temporary file in the repository's own root, so `write_spool` links it into
         place instead of copying it. A spool may stay open for hours (a pack that fills

@@ -64,6 +64,9 @@ class RetryingBackend(WrappingBackend):
     def reader_factory(self) -> Callable[[], Backend] | None:
         return self.inner.reader_factory()  # a local backend has nothing worth retrying
 
+    def writer_factory(self) -> Callable[[], Backend] | None:
+        return self.inner.writer_factory()  # a local backend has nothing worth retrying
+
     def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
         self._write(name, lambda: self.inner.write_spool(name, spool, exclusive=exclusive), spool)
 
