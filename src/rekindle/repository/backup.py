@@ -95,6 +95,9 @@ class BackupOptions:
     processes: int | None = None
     #: How many small files to read the backup meets before it starts the processes.
     process_after_files: int = PROCESS_AFTER_FILES
+    #: Wait for the worker processes to start instead of going on with threads meanwhile
+    #: (for tests).
+    wait_for_processes: bool = False
 
 
 class BackupStopped(RekindleError):  # noqa: N818 - a stop on request, not a failure
@@ -516,7 +519,9 @@ class Archiver:
         i = 0
         while i < len(small):
             batch = small[i : i + BATCH_FILES]
-            fut = procs.submit([(p, st) for _, p, st, _ in batch])
+            fut = procs.submit(
+                [(p, st) for _, p, st, _ in batch], wait=self.opts.wait_for_processes
+            )
             if fut is None:
                 return small[i:]
             i += len(batch)

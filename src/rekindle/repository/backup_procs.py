@@ -64,6 +64,7 @@ class _Proc:
     ready: bool = False
     gone: bool = False  # left out: it never started, or it was told to exit
     outstanding: int = 0  # batches sent and not answered
+    batches: int = 0  # batches sent in all
     flushed: bool = False
 
 
@@ -118,19 +119,26 @@ class WorkerProcesses:
 
     @property
     def count(self) -> int:
-        """Workers that are running."""
+        """Workers that read files."""
         with self._cond:
-            return sum(1 for p in self._procs if p.ready and not p.gone)
+            return sum(1 for p in self._procs if p.batches)
 
     # -- the backup's side ---------------------------------------------------------------------
-    def submit(self, files: list[tuple[bytes, os.stat_result]]) -> Future[list[FileOutcome]] | None:
+    def submit(
+        self, files: list[tuple[bytes, os.stat_result]], *, wait: bool = False
+    ) -> Future[list[FileOutcome]] | None:
         """Hand a batch of small files to the least busy worker (waiting while every worker
-        holds DEPTH batches); None while none has started."""
+        holds DEPTH batches); None while none has started (`wait`: wait for all to start,
+        for tests)."""
         with self._cond:
             while True:
                 self._raise()
                 self._leave_out_late()
                 ready = [p for p in self._procs if p.ready and not p.gone]
+                starting = any(not p.ready and not p.gone for p in self._procs)
+                if wait and starting:
+                    self._cond.wait(0.1)
+                    continue
                 if not ready:
                     return None
                 p = min(ready, key=lambda q: q.outstanding)
@@ -140,6 +148,7 @@ class WorkerProcesses:
             n = self._next
             self._next += 1
             p.outstanding += 1
+            p.batches += 1
             fut: Future[list[FileOutcome]] = Future()
             self._batches[n] = (p, fut)
         p.outbox.put(("read", n, files))

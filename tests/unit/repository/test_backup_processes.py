@@ -1,0 +1,235 @@
+"""Backup with worker processes (backup_worker.py, backup_procs.py): the same chunks, trees
+and deduplication as the threads give, and a worker that fails or dies fails the backup
+without damaging the repository."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rekindle.format.crypto import RepoKeys
+from rekindle.repository.backup import Archiver, BackupOptions, backup
+from rekindle.repository.backup_procs import WorkerProcessError
+from rekindle.repository.backup_worker import GREW, read_small
+from rekindle.repository.check import check
+from rekindle.repository.repo import Repository, Secret
+from rekindle.repository.restore import RestoreOptions, restore
+from rekindle.store.local import LocalBackend
+from tests.helpers import PASSWORD, make_repo, tree_differences
+from tests.unit.repository.test_restore_processes import _varied_tree
+
+
+def _options(src: Path, **kw: object) -> BackupOptions:
+    opts = BackupOptions(
+        paths=["."], cwd=str(src), processes=2, process_after_files=0, wait_for_processes=True
+    )
+    for k, v in kw.items():
+        setattr(opts, k, v)
+    return opts
+
+
+def _repo(tmp_path: Path) -> Repository:
+    return make_repo(LocalBackend(tmp_path / "repo"), tmp_path / "cache")
+
+
+def _data_blobs(repo: Repository) -> list[bytes]:
+    repo.sync_index()
+    return [e.id for _, e in repo.index.entries() if e.kind.name == "DATA"]
+
+
+def test_processes_store_exactly_what_threads_store(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _varied_tree(src)
+    with _repo(tmp_path) as repo:
+        first = backup(repo, _options(src))
+        assert first.stats.worker_processes == 2  # both really read files
+        assert check(repo, read_data=True).ok
+        stored = _data_blobs(repo)
+        assert len(stored) == len(set(stored))  # nothing stored twice
+        # Without the files cache, threads read everything again: every chunk and every
+        # tree they make must already be there, identical.
+        (tmp_path / "cache").rename(tmp_path / "cache-old")
+    with Repository.open(
+        LocalBackend(tmp_path / "repo"), _password, cache_root=tmp_path / "cache"
+    ) as repo:
+        again = backup(repo, _options(src, processes=0))
+        assert again.stats.worker_processes == 0
+        assert again.stats.files_new == first.stats.files_new
+        assert again.stats.blobs_added == 0
+        assert again.snapshot.tree == first.snapshot.tree
+        restore(repo, first.snapshot, tmp_path / "out", RestoreOptions(processes=0))
+    assert tree_differences(src, tmp_path / "out") == []
+
+
+def _password() -> Secret:
+    return PASSWORD
+
+
+def test_a_chunk_two_workers_meet_is_stored_once(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    contents = [os.urandom(3000 + i) for i in range(5)]
+    rng = random.Random(3)
+    for d in range(12):
+        sub = src / f"d{d:02d}"
+        sub.mkdir(parents=True)
+        for i in range(90):
+            (sub / f"f{i}").write_bytes(rng.choice(contents))
+    with _repo(tmp_path) as repo:
+        result = backup(repo, _options(src))
+        assert result.stats.worker_processes == 2
+        stored = _data_blobs(repo)
+        assert sorted(stored) == sorted({repo.keys.chunk_id(c) for c in contents})
+        restore(repo, result.snapshot, tmp_path / "out", RestoreOptions(processes=0))
+    assert tree_differences(src, tmp_path / "out") == []
+
+
+def test_read_small_reports_growth_errors_and_changes(tmp_path: Path) -> None:
+    keys = RepoKeys.from_master(b"m" * 32)
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 100)
+    st = os.stat(f)
+    kept: dict[bytes, bytes] = {}
+    assert read_small(bytes(f), st, 100, keys, kept) == ([keys.chunk_id(b"x" * 100)], False, 100)
+    assert kept == {keys.chunk_id(b"x" * 100): b"x" * 100}
+    assert read_small(bytes(f), st, 99, keys, {}) == GREW  # no longer small: the parent reads
+    f.write_bytes(b"y" * 50)
+    os.utime(f, ns=(st.st_mtime_ns + 10**9, st.st_mtime_ns + 10**9))
+    changed = read_small(bytes(f), st, 100, keys, {})
+    assert isinstance(changed, tuple) and changed[1] is True and changed[2] == 50
+    missing = read_small(bytes(tmp_path / "gone"), st, 100, keys, {})
+    assert isinstance(missing, FileNotFoundError)
+    os.symlink(f, tmp_path / "link")  # never followed
+    assert isinstance(read_small(bytes(tmp_path / "link"), st, 100, keys, {}), OSError)
+
+
+def _many_files(src: Path, dirs: int = 8, per_dir: int = 80, largest: int = 6000) -> None:
+    rng = random.Random(11)
+    for d in range(dirs):
+        sub = src / f"d{d}"
+        sub.mkdir(parents=True)
+        for i in range(per_dir):
+            (sub / f"f{i}").write_bytes(rng.randbytes(rng.randrange(100, largest)))
+
+
+def _afterwards_all_is_well(tmp_path: Path, src: Path) -> None:
+    """The repository checks clean, and the next backup (threads) completes and restores."""
+    with Repository.open(
+        LocalBackend(tmp_path / "repo"), _password, cache_root=tmp_path / "cache"
+    ) as repo:
+        report = check(repo, read_data=True)
+        assert report.ok, report.errors
+        result = backup(repo, _options(src, processes=0))
+        restore(repo, result.snapshot, tmp_path / "out", RestoreOptions(processes=0))
+        assert check(repo, read_data=True).ok
+    assert tree_differences(src, tmp_path / "out") == []
+
+
+def test_a_worker_that_fails_fails_the_backup_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    _many_files(src)
+    (tmp_path / "not-a-dir").write_bytes(b"")
+    with _repo(tmp_path) as repo:
+        backup(repo, _options(src / "d0", processes=0))  # a restore point before
+        # The workers start, then cannot create a pack file: ENOTDIR even for root.
+        broken = functools.partial(LocalBackend, str(tmp_path / "not-a-dir" / "repo"))
+        monkeypatch.setattr(repo.backend, "writer_factory", lambda: broken)
+        with pytest.raises(WorkerProcessError, match=r"backup worker process \d+ failed"):
+            backup(repo, _options(src))
+        assert len(repo.snapshot_ids()) == 1
+    _afterwards_all_is_well(tmp_path, src)
+
+
+def test_a_worker_killed_mid_backup_fails_it_cleanly(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _many_files(src)
+    killed: list[int] = []
+
+    with _repo(tmp_path) as repo:
+        archiver: Archiver
+
+        def kill_one_busy_worker() -> bool:
+            procs = archiver._procs  # the test reaches in to time the kill
+            if procs is not None and not killed:
+                busy = [p for p in procs._procs if p.batches]
+                if busy:
+                    killed.append(busy[0].popen.pid)
+                    os.kill(busy[0].popen.pid, signal.SIGKILL)
+                    busy[0].popen.wait()
+            return False
+
+        archiver = Archiver(repo, _options(src, should_stop=kill_one_busy_worker))
+        with pytest.raises(WorkerProcessError, match=str(killed[0]) if killed else "worker"):
+            archiver.run()
+        assert killed
+        assert repo.snapshot_ids() == []
+    _afterwards_all_is_well(tmp_path, src)
+
+
+def _worker_pids_of(parent: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"rekindle.repository.backup_worker" in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_end_when_the_backup_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the backup: its workers see the socket close and exit; nothing is damaged."""
+    src = tmp_path / "src"
+    # 6,000 files, about 700 MB: past the default start threshold, and seconds of work
+    _many_files(src, dirs=40, per_dir=150, largest=240_000)
+    repo_dir = tmp_path / "repo"
+    env = {
+        **os.environ,
+        "REKINDLE_REPO": str(repo_dir),
+        "REKINDLE_PASSWORD": "test password",
+        "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+    }
+    cli = [str(Path(sys.executable).parent / "rekindle")]
+    subprocess.run([*cli, "repo", "init"], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([*cli, "repo", "backup", str(src)], env=env)
+    workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while not workers and proc.poll() is None and time.monotonic() < deadline:
+        workers = _worker_pids_of(proc.pid)
+        time.sleep(0.005)
+    if not workers:
+        proc.wait()
+        pytest.fail(f"the backup ended ({proc.returncode}) before its workers were seen")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "a worker outlived the killed backup"
+    done = subprocess.run(
+        [*cli, "repo", "check", "--read-data"], env=env, capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
