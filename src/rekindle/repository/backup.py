@@ -41,7 +41,10 @@ from rekindle.format.snapshot import Snapshot
 from rekindle.format.tree import ContentItem, Node, encode_tree
 from rekindle.repository.backup_worker import (
     FileOutcome,
+    Xattrs,
     open_for_reading,
+    read_up_to,
+    read_xattrs,
     same_file,
 )
 from rekindle.repository.filescache import DirEntries, FilesCache
@@ -159,8 +162,14 @@ class BackupResult:
     stats: BackupStats
 
 
-#: A file read: its content, whether it changed while read, and its bytes not yet counted.
-_Read = tuple[list[ContentItem], bool, int]
+#: A file read: its content, whether it changed while read, its bytes not yet counted, and
+#: its xattrs.
+_Read = tuple[list[ContentItem], bool, int, Xattrs]
+
+
+#: A file handed to a reader: its node, its batch's future and its place in the batch, its
+#: stat, new|changed, and the path it is read from (with `read_from`, not the recorded one).
+_Pending = tuple[Node, Future[list[FileOutcome]], int, os.stat_result, bytes, bytes]
 
 
 @dataclass
@@ -170,7 +179,7 @@ class _Frame:
     path: bytes
     node: Node | None  # the directory's node in its parent (None for the root)
     nodes: list[Node]
-    pending: list[tuple[Node, Future[list[FileOutcome]], int, os.stat_result, bytes]]
+    pending: list[_Pending]
     cache_entries: DirEntries
     # Files found but not yet handed to a reader thread: (node, path, stat, new|changed).
     queued: list[tuple[Node, bytes, os.stat_result, bytes]] = field(default_factory=list)
@@ -213,22 +222,21 @@ def _gitignore(patterns: list[str]) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
+def _batch(
+    queued: list[tuple[Node, bytes, os.stat_result, bytes]], start: int
+) -> list[tuple[Node, bytes, os.stat_result, bytes]]:
+    """The next batch from `start`: at least one file, then up to BATCH_FILES files or
+    BATCH_BYTES bytes."""
+    end = start + 1
+    size = queued[start][2].st_size
+    while end < len(queued) and end - start < BATCH_FILES and size < BATCH_BYTES:
+        size += queued[end][2].st_size
+        end += 1
+    return queued[start:end]
+
+
 def _sparse(st: os.stat_result) -> bool:
     return st.st_size > 0 and st.st_blocks * 512 < st.st_size
-
-
-def _read_xattrs(path: bytes) -> list[tuple[bytes, bytes]]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return []
-    out = []
-    for name in names:
-        try:
-            out.append((name.encode(), os.getxattr(path, name, follow_symlinks=False)))
-        except OSError:
-            continue
-    return out
 
 
 class Archiver:
@@ -346,7 +354,7 @@ class Archiver:
                 self._read_sparse(fd, st.st_size, content)
             elif st.st_size <= small:
                 # A small file is one chunk (FORMAT.md): one read, no chunker.
-                data = os.read(fd, small + 1)
+                data = read_up_to(fd, small + 1)
                 if len(data) > small:  # it grew since the scan: chunk it properly
                     self._chunk_stream(fd, 0, None, content)
                 else:
@@ -357,9 +365,10 @@ class Archiver:
             else:
                 self._chunk_stream(fd, 0, None, content)
             after = os.fstat(fd)
+            xattrs = read_xattrs(fd)
         finally:
             os.close(fd)
-        return content, not same_file(st, after), 0  # its bytes are counted as read
+        return content, not same_file(st, after), 0, xattrs  # its bytes are counted as read
 
     def _read_sparse(self, fd: int, size: int, content: list[ContentItem]) -> None:
         pos = 0
@@ -411,7 +420,7 @@ class Archiver:
         elif t in (NodeType.CHARDEV, NodeType.BLOCKDEV):
             node.rdev = st.st_rdev
         if t is not NodeType.SYMLINK and (xattrs or t is not NodeType.FILE):
-            node.xattrs = _read_xattrs(path)
+            node.xattrs = read_xattrs(path)
         return node
 
     def _add_file(self, frame: _Frame, node: Node, path: bytes, st: os.stat_result) -> None:
@@ -433,13 +442,13 @@ class Archiver:
             if len(cached) > 5:
                 node.xattrs = [(bytes(k), bytes(v)) for k, v in cached[5]]
             else:  # a cache entry from before xattrs were kept in it
-                node.xattrs = _read_xattrs(path)
+                node.xattrs = read_xattrs(path)
                 cached = [*cached[:5], node.xattrs]
             frame.cache_entries[node.name] = cached
             with self.stats.lock:
                 self.stats.files_unmodified += 1
             return
-        node.xattrs = _read_xattrs(path)
+        # Its xattrs are read with its content, from the open file.
         frame.queued.append((node, path, st, b"changed" if cached is not None else b"new"))
         self._inflight += 1
 
@@ -462,16 +471,11 @@ class Archiver:
     ) -> None:
         i = 0
         while i < len(queued):
-            batch = [queued[i]]
-            size = queued[i][2].st_size
-            i += 1
-            while i < len(queued) and len(batch) < BATCH_FILES and size < BATCH_BYTES:
-                batch.append(queued[i])
-                size += queued[i][2].st_size
-                i += 1
+            batch = _batch(queued, i)
+            i += len(batch)
             fut = self._pool.submit(self._read_batch, [(p, st) for _, p, st, _ in batch])
-            for k, (node, _, st, how) in enumerate(batch):
-                frame.pending.append((node, fut, k, st, how))
+            for k, (node, path, st, how) in enumerate(batch):
+                frame.pending.append((node, fut, k, st, how, path))
 
     # -- worker processes ----------------------------------------------------------------------
     def _processes(self, small: int) -> WorkerProcesses | None:
@@ -518,15 +522,15 @@ class Archiver:
         threads (all of them while no worker has started yet)."""
         i = 0
         while i < len(small):
-            batch = small[i : i + BATCH_FILES]
+            batch = _batch(small, i)
             fut = procs.submit(
                 [(p, st) for _, p, st, _ in batch], wait=self.opts.wait_for_processes
             )
             if fut is None:
                 return small[i:]
             i += len(batch)
-            for k, (node, _, st, how) in enumerate(batch):
-                frame.pending.append((node, fut, k, st, how))
+            for k, (node, path, st, how) in enumerate(batch):
+                frame.pending.append((node, fut, k, st, how, path))
         return []
 
     def repo_cache_get(self, dir_path: bytes) -> DirEntries | None:
@@ -586,14 +590,14 @@ class Archiver:
 
     def _finalize(self, frame: _Frame) -> list[bytes]:
         missed: set[int] = set()
-        for node, fut, k, st, how in frame.pending:
+        for node, fut, k, st, how, path in frame.pending:
             self._inflight -= 1
-            res = self._outcome(fut, k, os.path.join(frame.path, node.name), st)
+            res = self._outcome(fut, k, path, st)
             if isinstance(res, OSError):
                 self._miss(os.path.join(frame.path, node.name), res)
                 missed.add(id(node))
                 continue
-            content, changed, _ = res
+            content, changed, _, node.xattrs = res
             node.content = content
             with self.stats.lock:
                 if how == b"new":
@@ -753,14 +757,14 @@ class Archiver:
             elif node.type is NodeType.FILE:
                 self._add_file(holder, node, real, st)
         self._submit_queued(holder)
-        for node, fut, k, st, _how in holder.pending:
+        for node, fut, k, st, _how, path in holder.pending:
             self._inflight -= 1
-            res = self._outcome(fut, k, os.path.join(base, node.name), st)
+            res = self._outcome(fut, k, path, st)
             if isinstance(res, OSError):
                 self._miss(os.path.join(base, node.name), res)
                 nodes.remove(node)
                 continue
-            node.content = res[0]
+            node.content, node.xattrs = res[0], res[3]
             with self.stats.lock:
                 self.stats.files_new += 1
         return self.store_tree(nodes)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from rekindle.core.errors import RekindleError
+from rekindle.core.errors import ExitCode, RekindleError
 from rekindle.format.indexdoc import PackEntries
 from rekindle.format.pack import BlobEntry
 from rekindle.format.registry import BlobKind
@@ -51,7 +51,12 @@ EXIT_S = 10.0
 
 
 class WorkerProcessError(RekindleError):
-    """A worker process failed: the backup fails (what it stored and indexed stays)."""
+    """A worker process failed: the backup fails (what it stored and indexed stays). Its
+    exit status is that of the worker's error (a full disk stays a full disk)."""
+
+    def __init__(self, message: str, exit_code: int = ExitCode.ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(eq=False)
@@ -66,6 +71,9 @@ class _Proc:
     outstanding: int = 0  # batches sent and not answered
     batches: int = 0  # batches sent in all
     flushed: bool = False
+    #: Ids it was asked to store and has not yet reported in a pack: empty once it says it
+    #: flushed, or the backup fails (a restore point must never name a chunk not stored).
+    promised: set[bytes] = field(default_factory=set)
 
 
 class WorkerProcesses:
@@ -80,7 +88,7 @@ class WorkerProcesses:
         self._writer = writer
         self._on_read = on_read
         self._cond = threading.Condition()
-        self._error: str | None = None
+        self._error: BaseException | None = None
         self._closing = False
         self._next = 0
         self._batches: dict[int, tuple[_Proc, Future[list[FileOutcome]]]] = {}
@@ -98,9 +106,20 @@ class WorkerProcesses:
         ours, theirs = socket.socketpair()
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "rekindle.repository.backup_worker", str(theirs.fileno())],
+                # -P: the working directory is not put on the import path (a module planted
+                # in the directory being backed up must never run with the master key).
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "rekindle.repository.backup_worker",
+                    str(theirs.fileno()),
+                ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                # Its own session: Ctrl-C reaches the backup, which stops the workers.
+                start_new_session=True,
             )
         except BaseException:
             ours.close()
@@ -141,7 +160,7 @@ class WorkerProcesses:
                     continue
                 if not ready:
                     return None
-                p = min(ready, key=lambda q: q.outstanding)
+                p = min(ready, key=lambda q: (q.outstanding, q.batches))
                 if p.outstanding < DEPTH:
                     break
                 self._cond.wait()
@@ -180,8 +199,12 @@ class WorkerProcesses:
         for p in self._procs:
             p.outbox.put(("exit",))
             p.outbox.put(None)  # ends the sender
+        with self._cond:
+            failed = self._error is not None
         deadline = time.monotonic() + EXIT_S
         for p in self._procs:
+            if failed or not p.ready or p.gone:
+                p.popen.kill()  # nothing it holds is wanted any more
             try:
                 p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -190,7 +213,8 @@ class WorkerProcesses:
             for t in p.threads:
                 t.join(timeout=EXIT_S)
             p.conn.close()
-        self._fail("the backup stopped")  # batches never answered (only after a failure)
+        # Batches never answered (only after a failure) fail their files' futures.
+        self._fail(WorkerProcessError("the backup stopped before this file was read"))
 
     # -- per worker threads --------------------------------------------------------------------
     def _send_loop(self, p: _Proc) -> None:
@@ -201,73 +225,104 @@ class WorkerProcesses:
             try:
                 p.conn.send(msg)
             except (OSError, ValueError):
-                self._gone(p, "its connection broke")
+                # The worker is gone: the collector reads what it said last (its reason)
+                # up to the end of the stream, and reports it.
+                return
+            except BaseException as e:  # noqa: BLE001 - e.g. a message that cannot be pickled
+                self._failed(p, f"a message could not be sent ({type(e).__name__}: {e})")
                 return
 
     def _collect(self, p: _Proc) -> None:
         try:
             while True:
-                msg = p.conn.recv()
+                try:
+                    msg = p.conn.recv()
+                except (EOFError, OSError):
+                    self._failed(p, "it ended unexpectedly", ended=True)
+                    return
                 kind = msg[0]
                 if kind == "ids":
                     self._answer(p, msg[1], msg[2])
                 elif kind == "pack":
-                    pack_id, blobs, size = msg[1], msg[2], msg[3]
-                    entries = [BlobEntry(i, BlobKind.DATA, o, ln, r) for i, o, ln, r in blobs]
-                    self._writer.add_stored_pack(PackEntries(pack_id, BlobKind.DATA, entries), size)
+                    self._indexed(p, msg[1], msg[2], msg[3])
                 elif kind == "ready":
                     with self._cond:
                         p.ready = not p.gone
                         self._cond.notify_all()
                 elif kind == "flushed":
                     with self._cond:
+                        if p.promised:
+                            why = f"{len(p.promised)} chunk(s) it was to store were not stored"
+                            raise WorkerProcessError(why)
                         p.flushed = True
                         self._cond.notify_all()
                 elif kind == "failed":
-                    self._gone(p, str(msg[1]))
+                    self._failed(p, str(msg[1]), exit_code=int(msg[2]), ended=True)
                     return
                 else:
-                    self._gone(p, f"an unknown message {kind!r}")
+                    self._failed(p, f"it sent an unknown message {kind!r}")
                     return
-        except (EOFError, OSError):
-            self._gone(p, "it ended unexpectedly")
-        except BaseException as e:  # noqa: BLE001 - e.g. an index write failed: fail the backup
-            self._gone(p, f"{type(e).__name__}: {e}")
+        except BaseException as e:  # noqa: BLE001 - an error of this process: it fails the backup
+            self._fail(e)
 
     def _answer(self, p: _Proc, n: int, outcomes: list[FileOutcome]) -> None:
-        store: list[bytes] = []
-        read = 0
-        for o in outcomes:
-            if isinstance(o, tuple):
-                read += o[2]
-                store.extend(
-                    cid for cid in o[0] if isinstance(cid, bytes) and self._writer.reserve(cid)
-                )
-        p.outbox.put(("store", n, store))
         with self._cond:
             p.outstanding -= 1
             _, fut = self._batches.pop(n)
             self._cond.notify_all()
-        self._on_read(read)
+        try:
+            store: list[bytes] = []
+            read = 0
+            for o in outcomes:
+                if isinstance(o, tuple):
+                    read += o[2]
+                    store.extend(
+                        c for c in o[0] if isinstance(c, bytes) and self._writer.reserve(c)
+                    )
+            with self._cond:
+                p.promised.update(store)
+            p.outbox.put(("store", n, store))
+            self._on_read(read)
+        except BaseException as e:
+            fut.set_exception(e)
+            raise
         fut.set_result(outcomes)
 
-    # -- failures ------------------------------------------------------------------------------
-    def _gone(self, p: _Proc, why: str) -> None:
+    def _indexed(
+        self, p: _Proc, pack_id: bytes, blobs: list[tuple[bytes, int, int, int]], size: int
+    ) -> None:
+        """A pack the worker stored: into the backup's index files."""
+        entries = [BlobEntry(i, BlobKind.DATA, o, ln, r) for i, o, ln, r in blobs]
         with self._cond:
-            if self._closing:
-                return
+            p.promised.difference_update(e.id for e in entries)
+        self._writer.add_stored_pack(PackEntries(pack_id, BlobKind.DATA, entries), size)
+
+    # -- failures ------------------------------------------------------------------------------
+    def _failed(
+        self, p: _Proc, why: str, *, exit_code: int = ExitCode.ERROR, ended: bool = False
+    ) -> None:
+        """A worker failed or went away."""
+        with self._cond:
+            if self._closing or p.gone:
+                return  # told to exit, or left out: nothing of the backup is lost
             if not p.ready and p.outstanding == 0:
                 # It never had work: leave it out, the threads do its share.
                 p.gone = True
                 self._cond.notify_all()
                 log.warning("a backup worker process could not start (%s); using threads", why)
                 return
-        try:
-            code: int | None = p.popen.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            code = None
+        code: int | None = None
+        if ended:  # it is exiting: its exit status says more (a signal, for one)
+            try:
+                code = p.popen.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                code = None
         status = f" (exit status {code})" if code is not None else ""
-        self._fail(f"backup worker process {p.popen.pid} failed: {why}{status}")
+        self._fail(
+            WorkerProcessError(
+                f"backup worker process {p.popen.pid} failed: {why}{status}", exit_code
+            )
+        )
 
     def _leave_out_late(self) -> None:
         """Called with the lock held: workers that did not start in time are left out."""
@@ -278,17 +333,19 @@ class WorkerProcesses:
                 p.outbox.put(("exit",))
                 log.warning("a backup worker process did not start in %.0f s", START_S)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, error: BaseException) -> None:
+        """Fail the backup: the first error is the one raised, everywhere."""
         with self._cond:
             if self._error is None and not self._closing:
-                self._error = reason
+                self._error = error
+            first = self._error or error
             batches = list(self._batches.values())
             self._batches.clear()
             self._cond.notify_all()
         for _, fut in batches:
             if not fut.done():
-                fut.set_exception(WorkerProcessError(self._error or reason))
+                fut.set_exception(first)
 
     def _raise(self) -> None:
         if self._error is not None:
-            raise WorkerProcessError(self._error)
+            raise self._error

@@ -24,18 +24,21 @@ Messages (pickled, multiprocessing.connection framing):
   ("flush",), ("exit",);
 - worker to parent: ("ready", pid), ("ids", n, [FileOutcome]),
   ("pack", pack_id, [(id, offset, length, raw_length)], size), ("flushed",),
-  ("failed", reason).
+  ("failed", reason, exit status).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from rekindle.core.errors import ExitCode, RekindleError
 from rekindle.format import codec
 from rekindle.format.config import RepoConfig
 from rekindle.format.crypto import RepoKeys
@@ -52,9 +55,12 @@ if TYPE_CHECKING:
 #: A file that is no longer small when the worker reads it: the parent reads it instead.
 GREW = "grew"
 
-#: How one file of a batch went: (its chunk ids, changed while read, bytes read), the
-#: OSError that kept it from being read, or GREW.
-FileOutcome = tuple[list[bytes | int], bool, int] | OSError | str
+#: A file's extended attributes: (name, value) pairs.
+Xattrs = list[tuple[bytes, bytes]]
+
+#: How one file of a batch went: (its content, changed while read, bytes read, its xattrs),
+#: the OSError that kept it from being read, or GREW.
+FileOutcome = tuple[list[bytes | int], bool, int, Xattrs] | OSError | str
 
 #: What a worker reports about a pack it stored: its id, each blob's
 #: (id, offset, length, raw_length), and its size.
@@ -81,13 +87,62 @@ def same_file(st: os.stat_result, other: os.stat_result) -> bool:
 
 
 def open_for_reading(path: bytes) -> int:
-    """Open a file to back it up: never through a symlink, without touching its access time
-    where the caller may (O_NOATIME needs ownership or CAP_FOWNER)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+    """Open a regular file to back it up: never through a symlink, without touching its
+    access time where the caller may (O_NOATIME needs ownership or CAP_FOWNER), and without
+    waiting: O_NONBLOCK, so a FIFO or device swapped in since the walk is refused, never
+    waited on (it changes nothing for a regular file)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        return os.open(path, flags)
+        fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
     except PermissionError:
-        return os.open(path, flags & ~getattr(os, "O_NOATIME", 0))
+        fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "no longer a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_up_to(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes from the start of fd, to its end if it is shorter; a read may
+    return less than asked (network and FUSE file systems), so read until the end."""
+    first = os.read(fd, limit)
+    if not first or len(first) == limit:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < limit:
+        more = os.read(fd, limit - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def read_xattrs(target: bytes | int) -> Xattrs:
+    """The extended attributes of a path (never through a symlink) or an open file; those
+    that cannot be read are left out."""
+    try:
+        if isinstance(target, int):
+            names = os.listxattr(target)
+        else:
+            names = os.listxattr(target, follow_symlinks=False)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            if isinstance(target, int):
+                value = os.getxattr(target, name)
+            else:
+                value = os.getxattr(target, name, follow_symlinks=False)
+        except OSError:
+            continue
+        out.append((name.encode(), value))
+    return out
 
 
 def read_small(
@@ -98,8 +153,9 @@ def read_small(
     try:
         fd = open_for_reading(path)
         try:
-            data = os.read(fd, limit + 1)
+            data = read_up_to(fd, limit + 1)
             after = os.fstat(fd)
+            xattrs = read_xattrs(fd) if len(data) <= limit else []
         finally:
             os.close(fd)
     except OSError as e:
@@ -112,7 +168,7 @@ def read_small(
         keep[cid] = data
         ids.append(cid)
     changed = not same_file(st, after)
-    return ids, changed, len(data)
+    return ids, changed, len(data), xattrs
 
 
 class Packer:
@@ -219,8 +275,9 @@ def main() -> int:
     except (EOFError, ConnectionError):
         return 0  # the parent is gone: what it did not index, prune collects
     except BaseException as e:  # noqa: BLE001 - told to the parent, which fails the backup
+        code = e.exit_code if isinstance(e, RekindleError) else ExitCode.ERROR
         with contextlib.suppress(OSError):
-            conn.send(("failed", f"{type(e).__name__}: {e}"))
+            conn.send(("failed", f"{type(e).__name__}: {e}", int(code)))
         return 1
     finally:
         conn.close()

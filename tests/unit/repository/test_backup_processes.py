@@ -18,7 +18,7 @@ import pytest
 from rekindle.format.crypto import RepoKeys
 from rekindle.repository.backup import Archiver, BackupOptions, backup
 from rekindle.repository.backup_procs import WorkerProcessError
-from rekindle.repository.backup_worker import GREW, read_small
+from rekindle.repository.backup_worker import GREW, open_for_reading, read_small
 from rekindle.repository.check import check
 from rekindle.repository.repo import Repository, Secret
 from rekindle.repository.restore import RestoreOptions, restore
@@ -97,7 +97,14 @@ def test_read_small_reports_growth_errors_and_changes(tmp_path: Path) -> None:
     f.write_bytes(b"x" * 100)
     st = os.stat(f)
     kept: dict[bytes, bytes] = {}
-    assert read_small(bytes(f), st, 100, keys, kept) == ([keys.chunk_id(b"x" * 100)], False, 100)
+    os.setxattr(f, b"user.note", b"kept")
+    st = os.stat(f)  # the xattr changed its ctime
+    assert read_small(bytes(f), st, 100, keys, kept) == (
+        [keys.chunk_id(b"x" * 100)],
+        False,
+        100,
+        [(b"user.note", b"kept")],
+    )
     assert kept == {keys.chunk_id(b"x" * 100): b"x" * 100}
     assert read_small(bytes(f), st, 99, keys, {}) == GREW  # no longer small: the parent reads
     f.write_bytes(b"y" * 50)
@@ -143,8 +150,9 @@ def test_a_worker_that_fails_fails_the_backup_and_loses_nothing(
         # The workers start, then cannot create a pack file: ENOTDIR even for root.
         broken = functools.partial(LocalBackend, str(tmp_path / "not-a-dir" / "repo"))
         monkeypatch.setattr(repo.backend, "writer_factory", lambda: broken)
-        with pytest.raises(WorkerProcessError, match=r"backup worker process \d+ failed"):
+        with pytest.raises(WorkerProcessError, match=r"backup worker process \d+ failed") as e:
             backup(repo, _options(src))
+        assert "Not a directory" in str(e.value)  # the worker's own reason, not a symptom
         assert len(repo.snapshot_ids()) == 1
     _afterwards_all_is_well(tmp_path, src)
 
@@ -233,3 +241,29 @@ def test_workers_end_when_the_backup_is_killed(tmp_path: Path) -> None:
         [*cli, "repo", "check", "--read-data"], env=env, capture_output=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_module_planted_in_the_working_directory_never_runs_in_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers get the master key: `python -m` would import from the working directory,
+    which may be the very directory being backed up, writable by others."""
+    src = tmp_path / "src"
+    _many_files(src, dirs=2, per_dir=40)
+    marker = tmp_path / "planted-code-ran"
+    for name in ("dataclasses.py", "typing.py", "contextlib.py"):
+        (src / name).write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(9)\n")
+    monkeypatch.chdir(src)
+    with _repo(tmp_path) as repo:
+        result = backup(repo, _options(src))
+    assert result.stats.worker_processes >= 1
+    assert not marker.exists()
+
+
+def test_a_fifo_swapped_in_for_a_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "was-a-file"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(OSError, match="no longer a regular file"):
+        open_for_reading(bytes(fifo))
+    assert time.monotonic() - started < 5
