@@ -46,6 +46,7 @@ from rekindle.repository.backup_worker import (
     read_up_to,
     read_xattrs,
     same_file,
+    stat_key,
 )
 from rekindle.repository.filescache import DirEntries, FilesCache
 from rekindle.repository.locks import Lock
@@ -58,6 +59,9 @@ READ_SEGMENT = 2 * 1024 * 1024
 # Files are handed to the reader threads in batches (one task per batch, not per file): a
 # task costs more interpreter time than reading a small file.
 BATCH_FILES = 64
+# Small files for the worker processes are gathered across directories (a directory often
+# holds a few dozen): fewer, larger batches mean fewer round trips through this process.
+PROCESS_BATCH_FILES = 256
 BATCH_BYTES = 8 * 1024 * 1024
 MAX_INFLIGHT_FILES = 4096  # finalize finished directories beyond this many queued files
 MAX_QUEUED_DIRS = 256  # ... or beyond this many walked directories (bounds memory)
@@ -261,6 +265,9 @@ class Archiver:
         self._parent: str | None = None
         self._started_at = repo.clock.now()
         self._procs: WorkerProcesses | None = None
+        #: Small files gathered for the worker processes: (frame, node, path, stat, how).
+        self._for_procs: list[tuple[_Frame, Node, bytes, os.stat_result, bytes]] = []
+        self._for_procs_bytes = 0
         self._procs_tried = False
         self._small_seen = 0
 
@@ -462,8 +469,12 @@ class Archiver:
         small = [q for q in queued if q[2].st_size <= limit and not _sparse(q[2])]
         procs = self._processes(len(small))
         if procs is not None and small:
-            rest = [q for q in queued if q[2].st_size > limit or _sparse(q[2])]
-            queued = self._submit_to_processes(procs, frame, small) + rest
+            queued = [q for q in queued if q[2].st_size > limit or _sparse(q[2])]
+            for q in small:
+                self._for_procs.append((frame, *q))
+                self._for_procs_bytes += q[2].st_size
+            if len(self._for_procs) >= PROCESS_BATCH_FILES or self._for_procs_bytes >= BATCH_BYTES:
+                self._submit_to_processes(procs)
         self._submit_to_threads(frame, queued)
 
     def _submit_to_threads(
@@ -512,26 +523,34 @@ class Archiver:
             log.warning("backup worker processes could not start (%s); using threads", e)
         return self._procs
 
-    def _submit_to_processes(
-        self,
-        procs: WorkerProcesses,
-        frame: _Frame,
-        small: list[tuple[Node, bytes, os.stat_result, bytes]],
-    ) -> list[tuple[Node, bytes, os.stat_result, bytes]]:
-        """Hand small files to the worker processes in batches; returns those left for the
-        threads (all of them while no worker has started yet)."""
+    def _submit_to_processes(self, procs: WorkerProcesses) -> None:
+        """Hand the small files gathered so far to the worker processes in batches (to the
+        threads, if none has started yet)."""
+        gathered, self._for_procs, self._for_procs_bytes = self._for_procs, [], 0
         i = 0
-        while i < len(small):
-            batch = _batch(small, i)
+        while i < len(gathered):
+            end = i + 1
+            size = gathered[i][3].st_size
+            while end < len(gathered) and end - i < PROCESS_BATCH_FILES and size < BATCH_BYTES:
+                size += gathered[end][3].st_size
+                end += 1
+            batch = gathered[i:end]
             fut = procs.submit(
-                [(p, st) for _, p, st, _ in batch], wait=self.opts.wait_for_processes
+                [(p, stat_key(st)) for _, _, p, st, _ in batch],
+                wait=self.opts.wait_for_processes,
             )
             if fut is None:
-                return small[i:]
-            i += len(batch)
-            for k, (node, path, st, how) in enumerate(batch):
+                break
+            i = end
+            for k, (frame, node, path, st, how) in enumerate(batch):
                 frame.pending.append((node, fut, k, st, how, path))
-        return []
+        for frame, node, path, st, how in gathered[i:]:  # no worker has started yet
+            self._submit_to_threads(frame, [(node, path, st, how)])
+
+    def _send_gathered(self) -> None:
+        """Before waiting for any file's content: no file may still wait to be sent."""
+        if self._for_procs and self._procs is not None:
+            self._submit_to_processes(self._procs)
 
     def repo_cache_get(self, dir_path: bytes) -> DirEntries | None:
         if self._last_cache_dir != dir_path:
@@ -589,6 +608,7 @@ class Archiver:
             self._finalize(self._frames.popleft())
 
     def _finalize(self, frame: _Frame) -> list[bytes]:
+        self._send_gathered()
         missed: set[int] = set()
         for node, fut, k, st, how, path in frame.pending:
             self._inflight -= 1
@@ -757,6 +777,7 @@ class Archiver:
             elif node.type is NodeType.FILE:
                 self._add_file(holder, node, real, st)
         self._submit_queued(holder)
+        self._send_gathered()
         for node, fut, k, st, _how, path in holder.pending:
             self._inflight -= 1
             res = self._outcome(fut, k, path, st)

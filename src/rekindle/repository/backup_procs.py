@@ -17,7 +17,6 @@ starts from it. A worker that never starts is left out, and the threads do its s
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from rekindle.core.errors import ExitCode, RekindleError
 from rekindle.format.indexdoc import PackEntries
 from rekindle.format.pack import BlobEntry
 from rekindle.format.registry import BlobKind
-from rekindle.repository.backup_worker import FileOutcome, Setup
+from rekindle.repository.backup_worker import FileOutcome, Setup, StatKey
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -144,7 +143,7 @@ class WorkerProcesses:
 
     # -- the backup's side ---------------------------------------------------------------------
     def submit(
-        self, files: list[tuple[bytes, os.stat_result]], *, wait: bool = False
+        self, files: list[tuple[bytes, StatKey]], *, wait: bool = False
     ) -> Future[list[FileOutcome]] | None:
         """Hand a batch of small files to the least busy worker (waiting while every worker
         holds DEPTH batches); None while none has started (`wait`: wait for all to start,

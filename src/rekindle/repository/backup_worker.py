@@ -20,7 +20,7 @@ environment. It exits when the parent asks or when the socket closes (the parent
 
 Messages (pickled, multiprocessing.connection framing):
 
-- parent to worker: the Setup, then ("read", n, [(path, stat)]), ("store", n, [ids]),
+- parent to worker: the Setup, then ("read", n, [(path, StatKey)]), ("store", n, [ids]),
   ("flush",), ("exit",);
 - worker to parent: ("ready", pid), ("ids", n, [FileOutcome]),
   ("pack", pack_id, [(id, offset, length, raw_length)], size), ("flushed",),
@@ -76,14 +76,18 @@ class Setup:
     factory: Callable[[], Backend]
 
 
+#: What tells a file unchanged (the files cache and the changed-while-read check): size,
+#: mtime_ns, ctime_ns and inode. A worker gets this, not the whole stat (less to pickle).
+StatKey = tuple[int, int, int, int]
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
 def same_file(st: os.stat_result, other: os.stat_result) -> bool:
-    """The same file, unchanged: what the files cache and the changed-while-read check use."""
-    return (
-        st.st_size == other.st_size
-        and st.st_mtime_ns == other.st_mtime_ns
-        and st.st_ctime_ns == other.st_ctime_ns
-        and st.st_ino == other.st_ino
-    )
+    """The same file, unchanged."""
+    return stat_key(st) == stat_key(other)
 
 
 def open_for_reading(path: bytes) -> int:
@@ -146,7 +150,7 @@ def read_xattrs(target: bytes | int) -> Xattrs:
 
 
 def read_small(
-    path: bytes, st: os.stat_result, limit: int, keys: RepoKeys, keep: dict[bytes, bytes]
+    path: bytes, seen: StatKey, limit: int, keys: RepoKeys, keep: dict[bytes, bytes]
 ) -> FileOutcome:
     """Read a file of at most `limit` bytes as one chunk (FORMAT.md: a small file is one
     chunk); its data goes into `keep` under its id."""
@@ -167,7 +171,7 @@ def read_small(
         cid = keys.chunk_id(data)
         keep[cid] = data
         ids.append(cid)
-    changed = not same_file(st, after)
+    changed = stat_key(after) != seen
     return ids, changed, len(data), xattrs
 
 

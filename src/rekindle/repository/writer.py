@@ -206,7 +206,9 @@ class BlobWriter:
                 if op.failed is not None:
                     raise op.failed
             pack_id = store_pack(self.repo.backend, builder, spool)
-            self._stored(PackEntries(pack_id, builder.kind, builder.entries), spool.size)
+            packs = self._stored(PackEntries(pack_id, builder.kind, builder.entries), spool.size)
+            if packs:
+                self.repo.write_index(packs)
         except BaseException as e:
             with self._lock:
                 self._error = self._error or e
@@ -215,8 +217,9 @@ class BlobWriter:
             self._close_pack(op)
             self._slots.release()
 
-    def _stored(self, pack: PackEntries, size: int) -> None:
-        """A pack is in the backend: its entries go into the next index file."""
+    def _stored(self, pack: PackEntries, size: int) -> list[PackEntries]:
+        """A pack is in the backend: its entries go into the next index file. Returns the
+        packs an index file must now be written for (every INDEX_EVERY_PACKS)."""
         with self._lock:
             self._done_packs.append(pack)
             self.bytes_added += size
@@ -225,16 +228,24 @@ class BlobWriter:
             packs = self._done_packs if write_index else []
             if write_index:
                 self._done_packs = []
-        if packs:
-            self.repo.write_index(packs)
+        return packs
 
     def add_stored_pack(self, pack: PackEntries, size: int) -> None:
         """Account for a pack another process stored (backup's worker processes): its blobs
-        were reserved here, and the pack is indexed with this writer's."""
+        were reserved here, and the pack is indexed with this writer's. An index file due is
+        written by an upload thread: the caller answers a worker process and must not wait."""
+        self._raise_pending()
         with self._lock:
             self.blobs_added += len(pack.blobs)
+        packs = self._stored(pack, size)
+        if packs:
+            fut = self._uploads.submit(self._write_index, packs)
+            with self._lock:
+                self._futures.append(fut)
+
+    def _write_index(self, packs: list[PackEntries]) -> None:
         try:
-            self._stored(pack, size)
+            self.repo.write_index(packs)
         except BaseException as e:
             with self._lock:
                 self._error = self._error or e

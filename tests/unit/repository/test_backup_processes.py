@@ -18,7 +18,7 @@ import pytest
 from rekindle.format.crypto import RepoKeys
 from rekindle.repository.backup import Archiver, BackupOptions, backup
 from rekindle.repository.backup_procs import WorkerProcessError
-from rekindle.repository.backup_worker import GREW, open_for_reading, read_small
+from rekindle.repository.backup_worker import GREW, open_for_reading, read_small, stat_key
 from rekindle.repository.check import check
 from rekindle.repository.repo import Repository, Secret
 from rekindle.repository.restore import RestoreOptions, restore
@@ -48,6 +48,7 @@ def _data_blobs(repo: Repository) -> list[bytes]:
 def test_processes_store_exactly_what_threads_store(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _varied_tree(src)
+    _many_files(src / "many", dirs=4, per_dir=150, largest=4000)  # batches for both
     with _repo(tmp_path) as repo:
         first = backup(repo, _options(src))
         assert first.stats.worker_processes == 2  # both really read files
@@ -95,10 +96,9 @@ def test_read_small_reports_growth_errors_and_changes(tmp_path: Path) -> None:
     keys = RepoKeys.from_master(b"m" * 32)
     f = tmp_path / "f"
     f.write_bytes(b"x" * 100)
-    st = os.stat(f)
     kept: dict[bytes, bytes] = {}
     os.setxattr(f, b"user.note", b"kept")
-    st = os.stat(f)  # the xattr changed its ctime
+    st = stat_key(os.stat(f))  # after the xattr, which changed its ctime
     assert read_small(bytes(f), st, 100, keys, kept) == (
         [keys.chunk_id(b"x" * 100)],
         False,
@@ -108,7 +108,7 @@ def test_read_small_reports_growth_errors_and_changes(tmp_path: Path) -> None:
     assert kept == {keys.chunk_id(b"x" * 100): b"x" * 100}
     assert read_small(bytes(f), st, 99, keys, {}) == GREW  # no longer small: the parent reads
     f.write_bytes(b"y" * 50)
-    os.utime(f, ns=(st.st_mtime_ns + 10**9, st.st_mtime_ns + 10**9))
+    os.utime(f, ns=(st[1] + 10**9, st[1] + 10**9))
     changed = read_small(bytes(f), st, 100, keys, {})
     assert isinstance(changed, tuple) and changed[1] is True and changed[2] == 50
     missing = read_small(bytes(tmp_path / "gone"), st, 100, keys, {})
