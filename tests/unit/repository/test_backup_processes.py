@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 
 from rekindle.format.crypto import RepoKeys
+from rekindle.format.registry import BlobKind
 from rekindle.repository.backup import Archiver, BackupOptions, backup
 from rekindle.repository.backup_procs import WorkerProcessError
 from rekindle.repository.backup_worker import GREW, open_for_reading, read_small, stat_key
 from rekindle.repository.check import check
-from rekindle.repository.repo import Repository, Secret
+from rekindle.repository.repo import Repository, Secret, parse_pack_name
 from rekindle.repository.restore import RestoreOptions, restore
+from rekindle.repository.writer import INDEX_EVERY_PACKS
 from rekindle.store.local import LocalBackend
 from tests.helpers import PASSWORD, make_repo, tree_differences
 from tests.unit.repository.test_restore_processes import _varied_tree
@@ -267,3 +269,21 @@ def test_a_fifo_swapped_in_for_a_file_is_refused_not_waited_on(tmp_path: Path) -
     with pytest.raises(OSError, match="no longer a regular file"):
         open_for_reading(bytes(fifo))
     assert time.monotonic() - started < 5
+
+
+def test_index_files_written_while_workers_report_packs_name_every_pack(tmp_path: Path) -> None:
+    """More than INDEX_EVERY_PACKS packs from the workers: index files are written along the
+    way (by an upload thread) and at the end, and together they name every pack."""
+    src = tmp_path / "src"
+    _many_files(src, dirs=40, per_dir=150, largest=4000)  # ~12 MB in files under 4 KiB
+    with _repo(tmp_path) as repo:
+        result = backup(repo, _options(src))
+        assert result.stats.worker_processes == 2
+        assert len(repo.index_file_names()) >= 2
+        stored = {parse_pack_name(info.name) for info in repo.backend.list("data/")}
+        assert len(stored) > INDEX_EVERY_PACKS
+        indexed = {(BlobKind(kind), pack) for pack, kind in repo.index.packs().items()}
+        assert {p for p in indexed if p[0] is BlobKind.DATA} == stored
+        assert check(repo, read_data=True).ok
+        restore(repo, result.snapshot, tmp_path / "out", RestoreOptions(processes=0))
+    assert tree_differences(src, tmp_path / "out") == []
