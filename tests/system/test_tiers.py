@@ -130,3 +130,36 @@ def test_a_node_without_an_archive_tier_says_so(tmp_path: Path) -> None:
         assert n.backend("catalog").tier_info()["archive"] is False
         with pytest.raises(StorageError, match="no archive tier"):
             n.backend("maintenance").tier("archive", data[:1])
+
+
+def test_backup_worker_processes_store_their_packs_on_the_node(node: Node, tmp_path: Path) -> None:
+    """An agent's backup of many small files: its worker processes open their own client
+    to the node (TLS, the same token, retries) and store their packs there themselves."""
+    from rekindle.repository.check import check
+    from rekindle.repository.restore import RestoreOptions, restore
+    from rekindle.store.retry import RetryingBackend
+    from tests.helpers import tree_differences
+
+    src = tmp_path / "src"
+    for d in range(6):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(100 + 31 * i))
+    http = RetryingBackend(node.backend("backup"))
+    assert http.writer_factory() is not None
+    opts = BackupOptions(
+        paths=[str(src)],
+        estimate=False,
+        parent=None,
+        processes=2,
+        process_after_files=0,
+        wait_for_processes=True,
+    )
+    with Repository.init(http, Secret(operator_key=KEY), cache_root=tmp_path / "c") as repo:
+        result = backup(repo, opts)
+        assert result.stats.worker_processes == 2
+    every = node.backend("maintenance")  # a backup token may not list
+    with Repository.open(every, Secret(operator_key=KEY), cache_root=tmp_path / "c2") as repo:
+        assert check(repo, read_data=True).ok
+        restore(repo, result.snapshot, tmp_path / "out", RestoreOptions(processes=0))
+    assert tree_differences(src, tmp_path / "out" / str(src).lstrip("/")) == []

@@ -179,6 +179,8 @@ def run_backup(job: p.JobAssignment, ctx: JobContext, sink: ProgressSink) -> p.J
     missed = [p.MissedFile(path=path, reason=reason) for path, reason in stats.missed]
     changed = stats.changed_while_read
     log_lines = [*notes, *(f"file changed while read: {c}" for c in changed[:100])]
+    if stats.worker_processes:
+        log_lines.append(f"small files were read by {stats.worker_processes} worker processes")
     est = reporter.first_estimate
     if est is not None:
         eta = f", about {est.eta_s:.0f} s to go" if est.eta_s is not None else ""

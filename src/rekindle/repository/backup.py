@@ -523,10 +523,13 @@ class Archiver:
             log.warning("backup worker processes could not start (%s); using threads", e)
         return self._procs
 
-    def _submit_to_processes(self, procs: WorkerProcesses) -> None:
-        """Hand the small files gathered so far to the worker processes in batches (to the
-        threads, if none has started yet)."""
-        gathered, self._for_procs, self._for_procs_bytes = self._for_procs, [], 0
+    def _submit_to_processes(self, procs: WorkerProcesses, *, now: bool = False) -> None:
+        """Hand the small files gathered so far to the worker processes in batches. While
+        the workers are still starting, the files stay gathered (the limits on files in
+        flight bound them), unless their content is needed `now`: then the threads read
+        them, as they do all of them if no worker can start."""
+        gathered, total = self._for_procs, self._for_procs_bytes
+        self._for_procs, self._for_procs_bytes = [], 0
         i = 0
         while i < len(gathered):
             end = i + 1
@@ -540,6 +543,12 @@ class Archiver:
                 wait=self.opts.wait_for_processes,
             )
             if fut is None:
+                if not now and procs.starting:
+                    self._for_procs = gathered[i:]
+                    self._for_procs_bytes = (
+                        total if i == 0 else sum(g[3].st_size for g in self._for_procs)
+                    )
+                    return
                 break
             i = end
             for k, (frame, node, path, st, how) in enumerate(batch):
@@ -550,7 +559,7 @@ class Archiver:
     def _send_gathered(self) -> None:
         """Before waiting for any file's content: no file may still wait to be sent."""
         if self._for_procs and self._procs is not None:
-            self._submit_to_processes(self._procs)
+            self._submit_to_processes(self._procs, now=True)
 
     def repo_cache_get(self, dir_path: bytes) -> DirEntries | None:
         if self._last_cache_dir != dir_path:

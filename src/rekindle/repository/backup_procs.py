@@ -141,6 +141,13 @@ class WorkerProcesses:
         with self._cond:
             return sum(1 for p in self._procs if p.batches)
 
+    @property
+    def starting(self) -> bool:
+        """A worker is starting (not ready yet, not left out)."""
+        with self._cond:
+            self._leave_out_late()
+            return any(not p.ready and not p.gone for p in self._procs)
+
     # -- the backup's side ---------------------------------------------------------------------
     def submit(
         self, files: list[tuple[bytes, StatKey]], *, wait: bool = False

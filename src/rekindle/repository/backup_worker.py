@@ -73,7 +73,7 @@ class Setup:
 
     master: bytes = field(repr=False)
     config: RepoConfig
-    factory: Callable[[], Backend]
+    factory: Callable[[], Backend] = field(repr=False)  # may hold a storage token
 
 
 #: What tells a file unchanged (the files cache and the changed-while-read check): size,

@@ -8,6 +8,7 @@ the retry wrapper handles them.
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 from collections.abc import Callable, Iterator
@@ -46,6 +47,7 @@ class HttpBackend(Backend):
         timeout: float = 120.0,
     ) -> None:
         self.location = f"{base_url.rstrip('/')}/orgs/{org}"
+        self._args = (base_url, org, token, ca_file, timeout)
         self._org_path = f"/storage/v1/orgs/{int(org)}"
         self._prefix = f"{self._org_path}/objects"
         self._token = token
@@ -55,6 +57,17 @@ class HttpBackend(Backend):
             verify=ctx,
             timeout=httpx.Timeout(timeout, connect=15.0),
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+        )
+
+    def writer_factory(self) -> Callable[[], Backend] | None:
+        """Backup's worker processes store their packs on the node themselves, each with a
+        client of its own. The token goes with the factory, through the socket the worker
+        gets its setup on; a token that is refreshed (a callable) stays here."""
+        base_url, org, token, ca_file, timeout = self._args
+        if callable(token):
+            return None
+        return functools.partial(
+            HttpBackend, base_url, org, token, ca_file=ca_file, timeout=timeout
         )
 
     def _headers(self) -> dict[str, str]:

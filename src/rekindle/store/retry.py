@@ -8,6 +8,7 @@ back and treats equal contents as success.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -65,7 +66,12 @@ class RetryingBackend(WrappingBackend):
         return self.inner.reader_factory()  # a local backend has nothing worth retrying
 
     def writer_factory(self) -> Callable[[], Backend] | None:
-        return self.inner.writer_factory()  # a local backend has nothing worth retrying
+        inner = self.inner.writer_factory()
+        if inner is None:
+            return None
+        # The other process retries as this one does (a storage node's 503, a dropped
+        # connection).
+        return functools.partial(_retrying, inner, self.attempts, self.base_delay, self.max_delay)
 
     def write_spool(self, name: str, spool: Spool, *, exclusive: bool = True) -> None:
         self._write(name, lambda: self.inner.write_spool(name, spool, exclusive=exclusive), spool)
@@ -101,3 +107,10 @@ class RetryingBackend(WrappingBackend):
 
     def delete(self, name: str) -> None:
         self._call(f"delete {name}", lambda: self.inner.delete(name))
+
+
+def _retrying(
+    factory: Callable[[], Backend], attempts: int, base_delay: float, max_delay: float
+) -> Backend:
+    """`RetryingBackend.writer_factory` in the other process (picklable: module level)."""
+    return RetryingBackend(factory(), attempts=attempts, base_delay=base_delay, max_delay=max_delay)
