@@ -187,6 +187,7 @@ class _Frame:
     cache_entries: DirEntries
     # Files found but not yet handed to a reader thread: (node, path, stat, new|changed).
     queued: list[tuple[Node, bytes, os.stat_result, bytes]] = field(default_factory=list)
+    gathered: int = 0  # its files gathered for the worker processes, not yet sent
 
 
 _NODE_TYPES = {
@@ -473,6 +474,7 @@ class Archiver:
             for q in small:
                 self._for_procs.append((frame, *q))
                 self._for_procs_bytes += q[2].st_size
+            frame.gathered += len(small)
             if len(self._for_procs) >= PROCESS_BATCH_FILES or self._for_procs_bytes >= BATCH_BYTES:
                 self._submit_to_processes(procs)
         self._submit_to_threads(frame, queued)
@@ -523,12 +525,12 @@ class Archiver:
             log.warning("backup worker processes could not start (%s); using threads", e)
         return self._procs
 
-    def _submit_to_processes(self, procs: WorkerProcesses, *, now: bool = False) -> None:
+    def _submit_to_processes(self, procs: WorkerProcesses, *, need: _Frame | None = None) -> None:
         """Hand the small files gathered so far to the worker processes in batches. While
         the workers are still starting, the files stay gathered (the limits on files in
-        flight bound them), unless their content is needed `now`: then the threads read
-        them, as they do all of them if no worker can start."""
-        gathered, total = self._for_procs, self._for_procs_bytes
+        flight bound them), except those of `need`, a directory whose content is needed
+        now: the threads read those, as they read all of them if no worker can start."""
+        gathered = self._for_procs
         self._for_procs, self._for_procs_bytes = [], 0
         i = 0
         while i < len(gathered):
@@ -543,23 +545,32 @@ class Archiver:
                 wait=self.opts.wait_for_processes,
             )
             if fut is None:
-                if not now and procs.starting:
-                    self._for_procs = gathered[i:]
-                    self._for_procs_bytes = (
-                        total if i == 0 else sum(g[3].st_size for g in self._for_procs)
-                    )
-                    return
                 break
             i = end
             for k, (frame, node, path, st, how) in enumerate(batch):
                 frame.pending.append((node, fut, k, st, how, path))
-        for frame, node, path, st, how in gathered[i:]:  # no worker has started yet
-            self._submit_to_threads(frame, [(node, path, st, how)])
+                frame.gathered -= 1
+        rest = gathered[i:]
+        if rest and procs.starting:
+            self._for_procs = [g for g in rest if g[0] is not need]
+            self._for_procs_bytes = sum(g[3].st_size for g in self._for_procs)
+            rest = [g for g in rest if g[0] is need]
+        # To the threads, each directory's files together.
+        j = 0
+        while j < len(rest):
+            frame = rest[j][0]
+            end = j
+            while end < len(rest) and rest[end][0] is frame:
+                end += 1
+            frame.gathered -= end - j
+            self._submit_to_threads(frame, [(n, p, st, how) for _, n, p, st, how in rest[j:end]])
+            j = end
 
-    def _send_gathered(self) -> None:
-        """Before waiting for any file's content: no file may still wait to be sent."""
-        if self._for_procs and self._procs is not None:
-            self._submit_to_processes(self._procs, now=True)
+    def _send_gathered(self, frame: _Frame) -> None:
+        """Before waiting for a directory's content: none of its files may still wait to be
+        sent."""
+        if frame.gathered and self._procs is not None:
+            self._submit_to_processes(self._procs, need=frame)
 
     def repo_cache_get(self, dir_path: bytes) -> DirEntries | None:
         if self._last_cache_dir != dir_path:
@@ -617,7 +628,7 @@ class Archiver:
             self._finalize(self._frames.popleft())
 
     def _finalize(self, frame: _Frame) -> list[bytes]:
-        self._send_gathered()
+        self._send_gathered(frame)
         missed: set[int] = set()
         for node, fut, k, st, how, path in frame.pending:
             self._inflight -= 1
@@ -786,7 +797,7 @@ class Archiver:
             elif node.type is NodeType.FILE:
                 self._add_file(holder, node, real, st)
         self._submit_queued(holder)
-        self._send_gathered()
+        self._send_gathered(holder)
         for node, fut, k, st, _how, path in holder.pending:
             self._inflight -= 1
             res = self._outcome(fut, k, path, st)

@@ -287,3 +287,22 @@ def test_index_files_written_while_workers_report_packs_name_every_pack(tmp_path
         assert check(repo, read_data=True).ok
         restore(repo, result.snapshot, tmp_path / "out", RestoreOptions(processes=0))
     assert tree_differences(src, tmp_path / "out") == []
+
+
+def test_workers_that_cannot_start_leave_every_file_to_the_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files gathered while the workers start are not lost when none ever does."""
+    src = tmp_path / "src"
+    _many_files(src, dirs=10, per_dir=150, largest=4000)
+    with _repo(tmp_path) as repo:
+        # The worker fails while opening its backend, before it says it is ready.
+        monkeypatch.setattr(
+            repo.backend, "writer_factory", lambda: functools.partial(int, "not a backend")
+        )
+        result = backup(repo, _options(src, wait_for_processes=False))
+        assert result.stats.worker_processes == 0
+        assert result.stats.files_new == 1500
+        assert check(repo, read_data=True).ok
+        restore(repo, result.snapshot, tmp_path / "out", RestoreOptions(processes=0))
+    assert tree_differences(src, tmp_path / "out") == []
