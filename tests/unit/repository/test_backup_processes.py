@@ -306,3 +306,31 @@ def test_workers_that_cannot_start_leave_every_file_to_the_threads(
         assert check(repo, read_data=True).ok
         restore(repo, result.snapshot, tmp_path / "out", RestoreOptions(processes=0))
     assert tree_differences(src, tmp_path / "out") == []
+
+
+def test_a_file_that_grew_is_read_again_from_where_it_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `read_from` (a filesystem snapshot of a path), a file a worker found grown is
+    read again from the snapshot, never from the live path the restore point records."""
+    from concurrent.futures import Future
+
+    from rekindle.repository.backup_procs import WorkerProcesses
+
+    live = tmp_path / "live.txt"
+    frozen = tmp_path / "frozen.txt"
+    live.write_bytes(b"LIVE content, changed after the snapshot\n")
+    frozen.write_bytes(b"FROZEN content, as of the snapshot\n")
+
+    def grew(self: WorkerProcesses, files: list[object], *, wait: bool = False) -> Future[object]:
+        fut: Future[object] = Future()
+        fut.set_result([GREW] * len(files))
+        return fut
+
+    monkeypatch.setattr(WorkerProcesses, "submit", grew)
+    with _repo(tmp_path) as repo:
+        opts = _options(tmp_path, paths=[str(live)], read_from={str(live): str(frozen)})
+        result = backup(repo, opts)
+        restore(repo, result.snapshot, tmp_path / "out", RestoreOptions(processes=0))
+    restored = tmp_path / "out" / str(live).lstrip("/")
+    assert restored.read_bytes() == frozen.read_bytes()
