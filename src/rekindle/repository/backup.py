@@ -21,7 +21,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +97,8 @@ class BackupOptions:
     #: gives its id, or None for a first backup.
     parent: str | None = FIND_PARENT
     #: Worker processes that read and store small files (backup_worker.py). None: one per
-    #: CPU, up to 2, when the repository can be written from another process (a local
-    #: one); 0: threads only.
+    #: CPU, up to 2, when the repository can be written from another process (a local one
+    #: or a storage node: `Backend.writer_factory`); 0: threads only.
     processes: int | None = None
     #: How many small files to read the backup meets before it starts the processes.
     process_after_files: int = PROCESS_AFTER_FILES
@@ -166,6 +166,9 @@ class BackupResult:
     stats: BackupStats
 
 
+#: A file to read: its node, the path it is read from, its stat, and new|changed.
+_Queued = tuple[Node, bytes, os.stat_result, bytes]
+
 #: A file read: its content, whether it changed while read, its bytes not yet counted, and
 #: its xattrs.
 _Read = tuple[list[ContentItem], bool, int, Xattrs]
@@ -186,7 +189,7 @@ class _Frame:
     pending: list[_Pending]
     cache_entries: DirEntries
     # Files found but not yet handed to a reader thread: (node, path, stat, new|changed).
-    queued: list[tuple[Node, bytes, os.stat_result, bytes]] = field(default_factory=list)
+    queued: list[_Queued] = field(default_factory=list)
     gathered: int = 0  # its files gathered for the worker processes, not yet sent
 
 
@@ -227,17 +230,15 @@ def _gitignore(patterns: list[str]) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
-def _batch(
-    queued: list[tuple[Node, bytes, os.stat_result, bytes]], start: int
-) -> list[tuple[Node, bytes, os.stat_result, bytes]]:
-    """The next batch from `start`: at least one file, then up to BATCH_FILES files or
-    BATCH_BYTES bytes."""
+def _batch_end(sizes: Sequence[int], start: int, files: int) -> int:
+    """Where the batch starting at `start` ends: at least one file, then up to `files`
+    files or BATCH_BYTES bytes."""
     end = start + 1
-    size = queued[start][2].st_size
-    while end < len(queued) and end - start < BATCH_FILES and size < BATCH_BYTES:
-        size += queued[end][2].st_size
+    size = sizes[start]
+    while end < len(sizes) and end - start < files and size < BATCH_BYTES:
+        size += sizes[end]
         end += 1
-    return queued[start:end]
+    return end
 
 
 def _sparse(st: os.stat_result) -> bool:
@@ -467,10 +468,13 @@ class Archiver:
         if not queued:
             return
         limit = self.repo.config.chunk_min
-        small = [q for q in queued if q[2].st_size <= limit and not _sparse(q[2])]
+        small: list[_Queued] = []
+        other: list[_Queued] = []
+        for q in queued:
+            (small if q[2].st_size <= limit and not _sparse(q[2]) else other).append(q)
         procs = self._processes(len(small))
         if procs is not None and small:
-            queued = [q for q in queued if q[2].st_size > limit or _sparse(q[2])]
+            queued = other
             for q in small:
                 self._for_procs.append((frame, *q))
                 self._for_procs_bytes += q[2].st_size
@@ -479,13 +483,12 @@ class Archiver:
                 self._submit_to_processes(procs)
         self._submit_to_threads(frame, queued)
 
-    def _submit_to_threads(
-        self, frame: _Frame, queued: list[tuple[Node, bytes, os.stat_result, bytes]]
-    ) -> None:
+    def _submit_to_threads(self, frame: _Frame, queued: list[_Queued]) -> None:
+        sizes = [q[2].st_size for q in queued]
         i = 0
         while i < len(queued):
-            batch = _batch(queued, i)
-            i += len(batch)
+            end = _batch_end(sizes, i, BATCH_FILES)
+            batch, i = queued[i:end], end
             fut = self._pool.submit(self._read_batch, [(p, st) for _, p, st, _ in batch])
             for k, (node, path, st, how) in enumerate(batch):
                 frame.pending.append((node, fut, k, st, how, path))
@@ -532,13 +535,10 @@ class Archiver:
         now: the threads read those, as they read all of them if no worker can start."""
         gathered = self._for_procs
         self._for_procs, self._for_procs_bytes = [], 0
+        sizes = [g[3].st_size for g in gathered]
         i = 0
         while i < len(gathered):
-            end = i + 1
-            size = gathered[i][3].st_size
-            while end < len(gathered) and end - i < PROCESS_BATCH_FILES and size < BATCH_BYTES:
-                size += gathered[end][3].st_size
-                end += 1
+            end = _batch_end(sizes, i, PROCESS_BATCH_FILES)
             batch = gathered[i:end]
             fut = procs.submit(
                 [(p, stat_key(st)) for _, _, p, st, _ in batch],

@@ -74,6 +74,14 @@ class _Proc:
     #: flushed, or the backup fails (a restore point must never name a chunk not stored).
     promised: set[bytes] = field(default_factory=set)
 
+    @property
+    def usable(self) -> bool:
+        return self.ready and not self.gone
+
+    @property
+    def starting(self) -> bool:
+        return not self.ready and not self.gone
+
 
 class WorkerProcesses:
     def __init__(
@@ -146,7 +154,7 @@ class WorkerProcesses:
         """A worker is starting (not ready yet, not left out)."""
         with self._cond:
             self._leave_out_late()
-            return any(not p.ready and not p.gone for p in self._procs)
+            return any(p.starting for p in self._procs)
 
     # -- the backup's side ---------------------------------------------------------------------
     def submit(
@@ -159,9 +167,8 @@ class WorkerProcesses:
             while True:
                 self._raise()
                 self._leave_out_late()
-                ready = [p for p in self._procs if p.ready and not p.gone]
-                starting = any(not p.ready and not p.gone for p in self._procs)
-                if wait and starting:
+                ready = [p for p in self._procs if p.usable]
+                if wait and any(p.starting for p in self._procs):
                     self._cond.wait(0.1)
                     continue
                 if not ready:
@@ -187,7 +194,7 @@ class WorkerProcesses:
             while self._batches and self._error is None:
                 self._cond.wait()
             self._raise()
-            live = [p for p in self._procs if p.ready and not p.gone]
+            live = [p for p in self._procs if p.usable]
             for p in live:
                 p.flushed = False
         for p in live:
@@ -209,7 +216,7 @@ class WorkerProcesses:
             failed = self._error is not None
         deadline = time.monotonic() + EXIT_S
         for p in self._procs:
-            if failed or not p.ready or p.gone:
+            if failed or not p.usable:
                 p.popen.kill()  # nothing it holds is wanted any more
             try:
                 p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -334,7 +341,7 @@ class WorkerProcesses:
         """Called with the lock held: workers that did not start in time are left out."""
         now = time.monotonic()
         for p in self._procs:
-            if not p.ready and not p.gone and now - p.started_at > START_S:
+            if p.starting and now - p.started_at > START_S:
                 p.gone = True
                 p.outbox.put(("exit",))
                 log.warning("a backup worker process did not start in %.0f s", START_S)

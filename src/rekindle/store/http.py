@@ -47,7 +47,7 @@ class HttpBackend(Backend):
         timeout: float = 120.0,
     ) -> None:
         self.location = f"{base_url.rstrip('/')}/orgs/{org}"
-        self._args = (base_url, org, token, ca_file, timeout)
+        self._reopen = (base_url, org, ca_file, timeout)  # for `writer_factory`
         self._org_path = f"/storage/v1/orgs/{int(org)}"
         self._prefix = f"{self._org_path}/objects"
         self._token = token
@@ -63,11 +63,11 @@ class HttpBackend(Backend):
         """Backup's worker processes store their packs on the node themselves, each with a
         client of its own. The token goes with the factory, through the socket the worker
         gets its setup on; a token that is refreshed (a callable) stays here."""
-        base_url, org, token, ca_file, timeout = self._args
-        if callable(token):
+        if callable(self._token):
             return None
+        base_url, org, ca_file, timeout = self._reopen
         return functools.partial(
-            HttpBackend, base_url, org, token, ca_file=ca_file, timeout=timeout
+            HttpBackend, base_url, org, self._token, ca_file=ca_file, timeout=timeout
         )
 
     def _headers(self) -> dict[str, str]:
