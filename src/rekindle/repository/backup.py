@@ -191,6 +191,9 @@ class _Frame:
     # Files found but not yet handed to a reader thread: (node, path, stat, new|changed).
     queued: list[_Queued] = field(default_factory=list)
     gathered: int = 0  # its files gathered for the worker processes, not yet sent
+    # What the files cache holds for the directory: read once when its walk starts, dropped
+    # when it ends (a walk returning from a subdirectory needs it again).
+    cached: DirEntries | None = None
 
 
 _NODE_TYPES = {
@@ -262,8 +265,6 @@ class Archiver:
         self._frames: deque[_Frame] = deque()
         self._inflight = 0
         self._root_dev: int | None = None
-        self._last_cache_dir: bytes | None = None
-        self._last_cache: DirEntries | None = None
         self._parent: str | None = None
         self._started_at = repo.clock.now()
         self._procs: WorkerProcesses | None = None
@@ -435,8 +436,7 @@ class Archiver:
     def _add_file(self, frame: _Frame, node: Node, path: bytes, st: os.stat_result) -> None:
         with self.stats.lock:
             self.stats.bytes_total += st.st_size
-        prev = self.repo_cache_get(frame.path)
-        cached = prev.get(node.name) if prev else None
+        cached = frame.cached.get(node.name) if frame.cached else None
         if (
             cached is not None
             and cached[0] == st.st_size
@@ -572,12 +572,6 @@ class Archiver:
         if frame.gathered and self._procs is not None:
             self._submit_to_processes(self._procs, need=frame)
 
-    def repo_cache_get(self, dir_path: bytes) -> DirEntries | None:
-        if self._last_cache_dir != dir_path:
-            self._last_cache_dir = dir_path
-            self._last_cache = self.files_cache.get(dir_path)
-        return self._last_cache
-
     def _cached_content_ok(self, content: list[ContentItem]) -> bool:
         if self._cache_trusted:
             return True
@@ -597,17 +591,22 @@ class Archiver:
             entries = []
         with self.stats.lock:
             self.stats.dirs += 1
+        if entries:
+            frame.cached = self.files_cache.get(path)
+        prefix = path if path.endswith(b"/") else path + b"/"
+        spec = self._spec  # the relative paths are only built when there are excludes
+        child_rel = ""
         for entry in entries:
             if self._stop_requested():
                 raise _StopRequested
             name = entry.name if isinstance(entry.name, bytes) else os.fsencode(entry.name)
-            child = os.path.join(path, name)
-            child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+            child = prefix + name
             try:
                 st = entry.stat(follow_symlinks=False)
-                is_dir = stat.S_ISDIR(st.st_mode)
-                if self._excluded(child_rel, is_dir):
-                    continue
+                if spec is not None:
+                    child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+                    if self._excluded(child_rel, stat.S_ISDIR(st.st_mode)):
+                        continue
                 child_node = self._node(name, st, child, xattrs=not stat.S_ISREG(st.st_mode))
             except OSError as e:
                 self._miss(child, e)
@@ -620,6 +619,7 @@ class Archiver:
                 self._walk_dir(child, child_rel, child_node)
             elif child_node.type is NodeType.FILE:
                 self._add_file(frame, child_node, child, st)
+        frame.cached = None
         self._submit_queued(frame)
         self._frames.append(frame)
         while len(self._frames) > 1 and (
@@ -774,7 +774,7 @@ class Archiver:
         """Top and intermediate directories of the given paths: metadata from the real dirs.
         `base` is the directory on disk that `tree`'s names lie in."""
         nodes: list[Node] = []
-        holder = _Frame(base, None, nodes, [], {})
+        holder = _Frame(base, None, nodes, [], {}, cached=self.files_cache.get(base))
         for name, sub in sorted(tree.items()):
             # A leaf holds where to read it (normally base/name; a snapshot's copy with
             # `read_from`); intermediate directories are read where they are.
