@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rekindle import __version__
 
@@ -38,7 +38,7 @@ from rekindle.format import codec
 from rekindle.format.chunker import Chunker
 from rekindle.format.registry import BlobKind, NodeType
 from rekindle.format.snapshot import Snapshot
-from rekindle.format.tree import ContentItem, Node, encode_tree
+from rekindle.format.tree import TREE_VERSION, ContentItem, Node, encode_tree
 from rekindle.repository.backup_worker import (
     FileOutcome,
     Xattrs,
@@ -48,7 +48,7 @@ from rekindle.repository.backup_worker import (
     same_file,
     stat_key,
 )
-from rekindle.repository.filescache import DirEntries, FilesCache
+from rekindle.repository.filescache import DIR_RECORD, DirEntries, FilesCache, Owners
 from rekindle.repository.locks import Lock
 from rekindle.repository.repo import Repository
 from rekindle.repository.writer import BlobWriter
@@ -127,6 +127,7 @@ class BackupStats:
     files_changed: int = 0
     files_unmodified: int = 0
     dirs: int = 0
+    dirs_unmodified: int = 0  # directories whose tree was reused from the files cache
     bytes_total: int = 0  # size of every file seen
     bytes_read: int = 0  # bytes actually read
     bytes_added: int = 0  # stored bytes of new packs
@@ -150,6 +151,7 @@ class BackupStats:
             "files_changed": self.files_changed,
             "files_unmodified": self.files_unmodified,
             "dirs": self.dirs,
+            "dirs_unmodified": self.dirs_unmodified,
             "total_bytes": self.bytes_total,
             "bytes_read": self.bytes_read,
             "data_added": self.bytes_added,
@@ -194,6 +196,15 @@ class _Frame:
     # What the files cache holds for the directory: read once when its walk starts, dropped
     # when it ends (a walk returning from a subdirectory needs it again).
     cached: DirEntries | None = None
+    # While every entry is as the files cache recorded it: the directory's record there
+    # (see `_reused_tree`); None once one differs.
+    record: list[Any] | None = None
+    # Unchanged files whose node is only built if the tree cannot be reused: name, path, stat
+    # and cache entry.
+    hits: list[tuple[bytes, bytes, os.stat_result, list[Any]]] = field(default_factory=list)
+    # The identity of each entry that is not a regular file, for the directory's record.
+    others: dict[bytes, list[Any]] = field(default_factory=dict)
+    dev: int | None = None  # st_dev of every entry; None if they differ
 
 
 _NODE_TYPES = {
@@ -207,24 +218,46 @@ _NODE_TYPES = {
 }
 
 
-def _owner_names() -> Callable[[int, int], tuple[str | None, str | None]]:
-    users: dict[int, str | None] = {}
-    groups: dict[int, str | None] = {}
+class _Owners:
+    """User and group names by id, each looked up once per backup."""
 
-    def lookup(uid: int, gid: int) -> tuple[str | None, str | None]:
+    def __init__(self) -> None:
+        self.names: Owners = {"u": {}, "g": {}}
+
+    def lookup(self, uid: int, gid: int) -> tuple[str | None, str | None]:
+        users, groups = self.names["u"], self.names["g"]
         if uid not in users:
-            try:
-                users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                users[uid] = None
+            users[uid] = _user_name(uid)
         if gid not in groups:
-            try:
-                groups[gid] = grp.getgrgid(gid).gr_name
-            except KeyError:
-                groups[gid] = None
+            groups[gid] = _group_name(gid)
         return users[uid], groups[gid]
 
-    return lookup
+    def still(self, known: Owners) -> bool:
+        """Whether every name in `known` is still the name of its id; they are kept if so
+        (trees written with them may be reused, and the next backup checks them again)."""
+        now: Owners = {
+            "u": {uid: _user_name(uid) for uid in known.get("u", {})},
+            "g": {gid: _group_name(gid) for gid in known.get("g", {})},
+        }
+        if now != known:
+            return False
+        for kind, names in now.items():
+            self.names[kind].update(names)
+        return True
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
 
 
 def _gitignore(patterns: list[str]) -> pathspec.GitIgnoreSpec:
@@ -257,7 +290,8 @@ class Archiver:
         self.stats = stats or BackupStats()
         self.writer = BlobWriter(repo)
         self._chunkers = threading.local()
-        self._names = _owner_names()
+        self._owners = _Owners()
+        self._reuse_trees = False  # decided in run(): no user or group name changed
         self._spec = _gitignore(options.excludes) if options.excludes else None
         cache_path = repo.cache_dir / "files.sqlite" if repo.cache_dir else None
         self.files_cache = FilesCache(cache_path)
@@ -409,7 +443,7 @@ class Archiver:
         (`xattrs` False), which takes them from the files cache when the file is unchanged."""
         mode = st.st_mode
         t = _NODE_TYPES.get(stat.S_IFMT(mode), NodeType.SOCKET)
-        user, group = self._names(st.st_uid, st.st_gid)
+        user, group = self._owners.lookup(st.st_uid, st.st_gid)
         node = Node(
             name=name,
             type=t,
@@ -593,9 +627,12 @@ class Archiver:
             self.stats.dirs += 1
         if entries:
             frame.cached = self.files_cache.get(path)
+            if self._reuse_trees and frame.cached is not None:
+                frame.record = frame.cached.get(DIR_RECORD)
         prefix = path if path.endswith(b"/") else path + b"/"
         spec = self._spec  # the relative paths are only built when there are excludes
         child_rel = ""
+        dev: int | None = -1  # the st_dev of every entry: -1 before the first, None if they differ
         for entry in entries:
             if self._stop_requested():
                 raise _StopRequested
@@ -607,18 +644,37 @@ class Archiver:
                     child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
                     if self._excluded(child_rel, stat.S_ISDIR(st.st_mode)):
                         continue
+                if dev is not None and st.st_dev != dev:
+                    dev = st.st_dev if dev == -1 else None
+                if frame.record is not None and self._unchanged_file(frame, name, child, st):
+                    continue
                 child_node = self._node(name, st, child, xattrs=not stat.S_ISREG(st.st_mode))
             except OSError as e:
                 self._miss(child, e)
                 continue
             frame.nodes.append(child_node)
+            if child_node.type is NodeType.FILE:
+                frame.record = None
+                self._add_file(frame, child_node, child, st)
+                continue
+            ident = [st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size, st.st_mode]
+            frame.others[name] = ident
+            if frame.record is not None and frame.record[1].get(name, [])[:5] != ident:
+                frame.record = None
             if child_node.type is NodeType.DIR:
                 if self.opts.one_file_system and st.st_dev != self._root_dev:
                     continue  # a mount point: recorded as an empty directory
                 self._submit_queued(frame)  # keep the readers busy while we descend
                 self._walk_dir(child, child_rel, child_node)
-            elif child_node.type is NodeType.FILE:
-                self._add_file(frame, child_node, child, st)
+        frame.dev = dev if dev != -1 else None
+        record = frame.record
+        if record is not None and (
+            len(frame.hits) + len(frame.others) != record[4]
+            or frame.dev is None
+            or record[2] != frame.dev
+            or record[3] != TREE_VERSION
+        ):
+            frame.record = None  # an entry is gone, or the device or tree format changed
         frame.cached = None
         self._submit_queued(frame)
         self._frames.append(frame)
@@ -626,6 +682,59 @@ class Archiver:
             self._inflight > MAX_INFLIGHT_FILES or len(self._frames) > MAX_QUEUED_DIRS
         ):
             self._finalize(self._frames.popleft())
+
+    def _unchanged_file(self, frame: _Frame, name: bytes, path: bytes, st: os.stat_result) -> bool:
+        """A regular file as the files cache recorded it, while the directory's tree may
+        still be reused: its node is left to `_hit_nodes`."""
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        cached = frame.cached.get(name) if frame.cached else None
+        if (
+            cached is None
+            or len(cached) < 6
+            or cached[0] != st.st_size
+            or cached[1] != st.st_mtime_ns
+            or cached[2] != st.st_ctime_ns
+            or cached[3] != st.st_ino
+            or not self._cached_content_ok(cached[4])
+        ):
+            return False
+        frame.hits.append((name, path, st, cached))
+        frame.cache_entries[name] = cached
+        with self.stats.lock:
+            self.stats.bytes_total += st.st_size
+            self.stats.files_unmodified += 1
+        return True
+
+    def _hit_nodes(self, frame: _Frame) -> list[Node]:
+        """The nodes of the unchanged files `_unchanged_file` left, for a tree that is
+        encoded after all."""
+        nodes = []
+        for name, path, st, cached in frame.hits:
+            node = self._node(name, st, path, xattrs=False)
+            node.content = list(cached[4])
+            node.xattrs = [(bytes(k), bytes(v)) for k, v in cached[5]]
+            nodes.append(node)
+        return nodes
+
+    def _reused_tree(self, frame: _Frame) -> list[bytes] | None:
+        """The directory's tree ids from its record in the files cache, if every entry is
+        as recorded there: each file unchanged (size, mtime, ctime, inode), each other entry
+        with the same inode, ctime, mtime, size and mode (a change to its owner, mode,
+        xattrs or link count moves its ctime), each subdirectory with the same tree, no
+        entry more or less, on the same device, and no user or group name changed."""
+        record = frame.record
+        if record is None or frame.pending:
+            return None
+        for node in frame.nodes:
+            if node.type is NodeType.DIR and record[1][node.name][5:] != [node.subtree]:
+                return None
+        ids: list[bytes] = record[0]
+        if not self._cache_trusted and self.repo.index.missing(ids):
+            return None
+        with self.stats.lock:
+            self.stats.dirs_unmodified += 1
+        return ids
 
     def _finalize(self, frame: _Frame) -> list[bytes]:
         self._send_gathered(frame)
@@ -658,10 +767,22 @@ class Archiver:
                     content,
                     node.xattrs,
                 ]
-        nodes = [n for n in frame.nodes if id(n) not in missed]
-        ids = self.store_tree(nodes)
+        ids = self._reused_tree(frame)
+        if ids is None:
+            nodes = [n for n in frame.nodes if id(n) not in missed]
+            nodes.extend(self._hit_nodes(frame))
+            ids = self.store_tree(nodes)
+            count = len(nodes)
+        else:
+            count = len(frame.hits) + len(frame.nodes)
+        frame.hits = []
         if frame.node is not None:
             frame.node.subtree = ids
+        if frame.dev is not None:
+            for n in frame.nodes:
+                if n.type is NodeType.DIR:
+                    frame.others[n.name].append(n.subtree)
+            frame.cache_entries[DIR_RECORD] = [ids, frame.others, frame.dev, TREE_VERSION, count]
         self.files_cache.put(frame.path, frame.cache_entries)
         return ids
 
@@ -698,6 +819,7 @@ class Archiver:
             # that condemns them later waits for this lock (FORMAT.md section 12).
             self.repo.sync_index()
             self._cache_trusted = self.files_cache.generation_valid(self.repo.index_file_names())
+            self._reuse_trees = self._owners.still(self.files_cache.owners())
             self._pool = pool
             scanner = (
                 start_scanner([p for _, p in layout.leaves], self.stats)
@@ -745,7 +867,7 @@ class Archiver:
             )
             self.repo.write_snapshot(snap)
         # Only a completed backup updates the files cache.
-        self.files_cache.commit(self.repo.index_file_names())
+        self.files_cache.commit(self.repo.index_file_names(), self._owners.names)
         self.files_cache.close()
         return BackupResult(snap, self.stats)
 

@@ -1,0 +1,234 @@
+"""A directory found exactly as at the last backup keeps its tree from the files cache
+instead of being encoded again; any change to it or below it is still seen.
+
+The strongest check: the restore point's trees equal those a backup without a files cache
+writes for the same files (a fresh encoding)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from rekindle.repository import backup as backup_module
+from rekindle.repository.backup import BackupOptions, BackupResult, backup
+from rekindle.repository.check import check
+from rekindle.repository.forget import forget_ids
+from rekindle.repository.prune import prune
+from rekindle.repository.repo import Repository
+from rekindle.repository.restore import restore
+from rekindle.store.memory import MemoryBackend
+from tests.helpers import PASSWORD, make_repo, tree_differences
+
+# Directories of the tree below that hold something (the empty one is never recorded).
+DIRS_WITH_ENTRIES = 4
+
+
+def build(src: Path) -> None:
+    (src / "a" / "deep").mkdir(parents=True)
+    (src / "b").mkdir()
+    (src / "empty").mkdir()
+    for d in (src, src / "a", src / "a" / "deep", src / "b"):
+        for i in range(3):
+            (d / f"f{i}").write_bytes(os.urandom(2000) * (i + 1))
+    (src / "a" / "link").symlink_to("deep/f0")
+    os.link(src / "b" / "f0", src / "b" / "hard")
+    os.setxattr(src / "a" / "f1", "user.tag", b"v")
+    os.setxattr(src / "b", "user.dir", b"d")
+    (src / "a" / "deep" / "zero").write_bytes(b"")
+
+
+def run(repo: Repository, src: Path) -> BackupResult:
+    return backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+
+
+def fresh_trees(backend: MemoryBackend, cache: Path, src: Path) -> list[bytes]:
+    """The root tree ids of a backup that encodes every tree (a new, empty files cache)."""
+    with Repository.open(backend, PASSWORD, cache_root=cache) as repo:
+        return run(repo, src).snapshot.tree
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    s = tmp_path / "src"
+    build(s)
+    return s
+
+
+def test_unchanged_directories_keep_their_trees(tmp_path: Path, src: Path) -> None:
+    backend = MemoryBackend()
+    with make_repo(backend, tmp_path / "cache") as repo:
+        first = run(repo, src)
+        assert first.stats.dirs_unmodified == 0  # nothing recorded yet
+        second = run(repo, src)
+        assert second.stats.dirs_unmodified == DIRS_WITH_ENTRIES
+        assert second.stats.files_unmodified == 14
+        assert second.snapshot.tree == first.snapshot.tree
+        third = run(repo, src)  # a reused tree is recorded again for the next backup
+        assert third.stats.dirs_unmodified == DIRS_WITH_ENTRIES
+        restore(repo, third.snapshot, tmp_path / "out")
+    assert tree_differences(src, tmp_path / "out") == []
+    assert fresh_trees(backend, tmp_path / "fresh", src) == third.snapshot.tree
+
+
+def _chmod_file(src: Path) -> None:
+    (src / "a" / "deep" / "f1").chmod(0o600)
+
+
+def _chmod_dir(src: Path) -> None:
+    (src / "a" / "deep").chmod(0o700)
+
+
+def _rewrite_deep_file(src: Path) -> None:
+    (src / "a" / "deep" / "f2").write_bytes(b"new content")
+
+
+def _add_file(src: Path) -> None:
+    (src / "b" / "added").write_bytes(b"added")
+
+
+def _remove_file(src: Path) -> None:
+    (src / "a" / "deep" / "zero").unlink()
+
+
+def _rename_file(src: Path) -> None:
+    (src / "b" / "f1").rename(src / "b" / "renamed")
+
+
+def _retarget_symlink(src: Path) -> None:
+    (src / "a" / "link").unlink()
+    (src / "a" / "link").symlink_to("elsewhere")
+
+
+def _xattr_on_dir(src: Path) -> None:
+    os.setxattr(src / "a" / "deep", "user.new", b"x")
+
+
+def _file_into_empty_dir(src: Path) -> None:
+    (src / "empty" / "now").write_bytes(b"not empty")
+
+
+def _dir_replaces_file(src: Path) -> None:
+    (src / "b" / "f2").unlink()
+    (src / "b" / "f2").mkdir()
+
+
+def _unlink_hard_link(src: Path) -> None:
+    (src / "b" / "hard").unlink()  # f0's link count drops: its ctime moves
+
+
+def _touch_dir_times(src: Path) -> None:
+    os.utime(src / "b", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _chmod_file,
+        _chmod_dir,
+        _rewrite_deep_file,
+        _add_file,
+        _remove_file,
+        _rename_file,
+        _retarget_symlink,
+        _xattr_on_dir,
+        _file_into_empty_dir,
+        _dir_replaces_file,
+        _unlink_hard_link,
+        _touch_dir_times,
+    ],
+)
+def test_every_change_is_seen_through_reused_trees(
+    tmp_path: Path, src: Path, change: Callable[[Path], None]
+) -> None:
+    backend = MemoryBackend()
+    with make_repo(backend, tmp_path / "cache") as repo:
+        run(repo, src)
+        before = run(repo, src)
+        assert before.stats.dirs_unmodified == DIRS_WITH_ENTRIES
+        change(src)
+        after = run(repo, src)
+        assert after.snapshot.tree != before.snapshot.tree
+        assert after.stats.dirs_unmodified < DIRS_WITH_ENTRIES
+        restore(repo, after.snapshot, tmp_path / "out")
+    assert tree_differences(src, tmp_path / "out") == []
+    assert fresh_trees(backend, tmp_path / "fresh", src) == after.snapshot.tree
+
+
+def test_a_renamed_user_stops_every_reuse(
+    tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = MemoryBackend()
+    uid = os.getuid()
+    real = backup_module._user_name
+
+    with make_repo(backend, tmp_path / "cache") as repo:
+        run(repo, src)
+        assert run(repo, src).stats.dirs_unmodified == DIRS_WITH_ENTRIES
+
+        def renamed(u: int) -> str | None:
+            return "renamed-user" if u == uid else real(u)
+
+        monkeypatch.setattr(backup_module, "_user_name", renamed)
+        after = run(repo, src)
+        assert after.stats.dirs_unmodified == 0
+        nodes = repo.load_tree(after.snapshot.tree)
+        assert {n.user for n in nodes} == {"renamed-user"}
+        # the new name is what the next backup checks against: reuse resumes
+        assert run(repo, src).stats.dirs_unmodified == DIRS_WITH_ENTRIES
+
+
+def test_a_tree_pruned_away_is_written_again(tmp_path: Path) -> None:
+    """Empty files need no chunk, so only the trees tell whether the repository still holds
+    what the files cache recorded; after a prune removed them, they are stored again."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for d in (src, src / "sub"):
+        for i in range(3):
+            (d / f"empty{i}").write_bytes(b"")
+    backend = MemoryBackend()
+    with make_repo(backend, tmp_path / "cache") as repo:
+        run(repo, src)
+        second = run(repo, src)
+        assert second.stats.dirs_unmodified == 2
+        forget_ids(repo, list(repo.snapshot_ids()))
+        prune(repo, grace=timedelta(0))
+        third = run(repo, src)
+        assert third.stats.dirs_unmodified == 0
+        assert third.snapshot.tree == second.snapshot.tree
+        report = check(repo, read_data=True)
+        assert report.ok, report
+        restore(repo, third.snapshot, tmp_path / "out")
+    assert tree_differences(src, tmp_path / "out") == []
+
+
+def test_a_file_flagged_changed_while_read_then_deleted_leaves_the_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that changed while read is in the tree but not in the files cache: once it is
+    gone, the directory's other entries all match, yet its tree must not be reused."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "growing.log").write_bytes(b"first line\n")
+    (src / "still").write_bytes(b"unchanged\n")
+    real_read = os.read
+
+    def read_then_append(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("growing.log"):
+            with (src / "growing.log").open("ab") as f:
+                f.write(b"written during the backup\n")
+        return data
+
+    with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
+        monkeypatch.setattr(os, "read", read_then_append)
+        first = run(repo, src)
+        monkeypatch.undo()
+        assert first.stats.changed_while_read == [str(src / "growing.log")]
+        (src / "growing.log").unlink()
+        second = run(repo, src)
+        assert second.stats.dirs_unmodified == 0
+        assert [n.name for n in repo.load_tree(second.snapshot.tree)] == [b"still"]
