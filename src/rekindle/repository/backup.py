@@ -105,6 +105,9 @@ class BackupOptions:
     #: Wait for the worker processes to start instead of going on with threads meanwhile
     #: (for tests).
     wait_for_processes: bool = False
+    #: A directory with an entry whose ctime is this recent keeps no record for reusing its
+    #: tree: a change in the same clock tick as the walk's lstat would not move the ctime.
+    settle_s: float = 1.0
 
 
 class BackupStopped(RekindleError):  # noqa: N818 - a stop on request, not a failure
@@ -196,6 +199,8 @@ class _Frame:
     # What the files cache holds for the directory: read once when its walk starts, dropped
     # when it ends (a walk returning from a subdirectory needs it again).
     cached: DirEntries | None = None
+    # Whether what `cached` names is known to be in the repository (else: check the index).
+    trusted: bool = False
     # While every entry is as the files cache recorded it: the directory's record there
     # (see `_reused_tree`); None once one differs.
     record: list[Any] | None = None
@@ -205,6 +210,7 @@ class _Frame:
     # The identity of each entry that is not a regular file, for the directory's record.
     others: dict[bytes, list[Any]] = field(default_factory=dict)
     dev: int | None = None  # st_dev of every entry; None if they differ
+    settled: bool = True  # no entry changed within `settle_s` of the backup's start
 
 
 _NODE_TYPES = {
@@ -216,6 +222,36 @@ _NODE_TYPES = {
     stat.S_IFIFO: NodeType.FIFO,
     stat.S_IFSOCK: NodeType.SOCKET,
 }
+
+
+def _file_entry(st: os.stat_result, content: list[ContentItem], xattrs: Xattrs) -> list[Any]:
+    """A file's entry in the files cache (filescache.DirEntries)."""
+    return [
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        content,
+        xattrs,
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        st.st_nlink,
+    ]
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    """What the record of a directory keeps of an entry that is not a regular file."""
+    return [
+        st.st_ino,
+        st.st_ctime_ns,
+        st.st_mtime_ns,
+        st.st_size,
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        st.st_nlink,
+    ]
 
 
 class _Owners:
@@ -295,7 +331,8 @@ class Archiver:
         self._spec = _gitignore(options.excludes) if options.excludes else None
         cache_path = repo.cache_dir / "files.sqlite" if repo.cache_dir else None
         self.files_cache = FilesCache(cache_path)
-        self._cache_trusted = False  # decided in run(), once the index is synced
+        self._owners_epoch = 0  # decided in run(), with _reuse_trees
+        self._settled_before_ns = 0
         self._frames: deque[_Frame] = deque()
         self._inflight = 0
         self._root_dev: int | None = None
@@ -477,7 +514,7 @@ class Archiver:
             and cached[1] == st.st_mtime_ns
             and cached[2] == st.st_ctime_ns
             and cached[3] == st.st_ino
-            and self._cached_content_ok(cached[4])
+            and self._cached_content_ok(cached[4], frame.trusted)
         ):
             node.content = list(cached[4])
             # Setting or removing an xattr changes the ctime: with the same ctime, the
@@ -486,8 +523,7 @@ class Archiver:
                 node.xattrs = [(bytes(k), bytes(v)) for k, v in cached[5]]
             else:  # a cache entry from before xattrs were kept in it
                 node.xattrs = read_xattrs(path)
-                cached = [*cached[:5], node.xattrs]
-            frame.cache_entries[node.name] = cached
+            frame.cache_entries[node.name] = _file_entry(st, cached[4], node.xattrs)
             with self.stats.lock:
                 self.stats.files_unmodified += 1
             return
@@ -606,8 +642,8 @@ class Archiver:
         if frame.gathered and self._procs is not None:
             self._submit_to_processes(self._procs, need=frame)
 
-    def _cached_content_ok(self, content: list[ContentItem]) -> bool:
-        if self._cache_trusted:
+    def _cached_content_ok(self, content: list[ContentItem], trusted: bool) -> bool:
+        if trusted:
             return True
         ids = [c for c in content if isinstance(c, bytes)]
         return not self.repo.index.missing(ids)
@@ -625,9 +661,10 @@ class Archiver:
             entries = []
         with self.stats.lock:
             self.stats.dirs += 1
-        if entries:
-            frame.cached = self.files_cache.get(path)
-            if self._reuse_trees and frame.cached is not None:
+        got = self.files_cache.get(path) if entries else None
+        if got is not None:
+            frame.cached, frame.trusted = got
+            if self._reuse_trees:
                 frame.record = frame.cached.get(DIR_RECORD)
         prefix = path if path.endswith(b"/") else path + b"/"
         spec = self._spec  # the relative paths are only built when there are excludes
@@ -646,6 +683,8 @@ class Archiver:
                         continue
                 if dev is not None and st.st_dev != dev:
                     dev = st.st_dev if dev == -1 else None
+                if st.st_ctime_ns >= self._settled_before_ns:
+                    frame.settled = False
                 if frame.record is not None and self._unchanged_file(frame, name, child, st):
                     continue
                 child_node = self._node(name, st, child, xattrs=not stat.S_ISREG(st.st_mode))
@@ -657,9 +696,9 @@ class Archiver:
                 frame.record = None
                 self._add_file(frame, child_node, child, st)
                 continue
-            ident = [st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size, st.st_mode]
+            ident = _identity(st)
             frame.others[name] = ident
-            if frame.record is not None and frame.record[1].get(name, [])[:5] != ident:
+            if frame.record is not None and frame.record[1].get(name, [])[:8] != ident:
                 frame.record = None
             if child_node.type is NodeType.DIR:
                 if self.opts.one_file_system and st.st_dev != self._root_dev:
@@ -673,8 +712,10 @@ class Archiver:
             or frame.dev is None
             or record[2] != frame.dev
             or record[3] != TREE_VERSION
+            or record[5] != self._owners_epoch
         ):
-            frame.record = None  # an entry is gone, or the device or tree format changed
+            # An entry is gone, or the device, the tree format or a user's name changed.
+            frame.record = None
         frame.cached = None
         self._submit_queued(frame)
         self._frames.append(frame)
@@ -691,12 +732,18 @@ class Archiver:
         cached = frame.cached.get(name) if frame.cached else None
         if (
             cached is None
-            or len(cached) < 6
+            or len(cached) < 10
             or cached[0] != st.st_size
             or cached[1] != st.st_mtime_ns
             or cached[2] != st.st_ctime_ns
             or cached[3] != st.st_ino
-            or not self._cached_content_ok(cached[4])
+            # Mode, owner and link count move the ctime, except where they come from a
+            # mapping (id-mapped mounts, user namespaces, mount options): compared too.
+            or cached[6] != st.st_mode
+            or cached[7] != st.st_uid
+            or cached[8] != st.st_gid
+            or cached[9] != st.st_nlink
+            or not self._cached_content_ok(cached[4], frame.trusted)
         ):
             return False
         frame.hits.append((name, path, st, cached))
@@ -727,10 +774,10 @@ class Archiver:
         if record is None or frame.pending:
             return None
         for node in frame.nodes:
-            if node.type is NodeType.DIR and record[1][node.name][5:] != [node.subtree]:
+            if node.type is NodeType.DIR and record[1][node.name][8:] != [node.subtree]:
                 return None
         ids: list[bytes] = record[0]
-        if not self._cache_trusted and self.repo.index.missing(ids):
+        if not frame.trusted and self.repo.index.missing(ids):
             return None
         with self.stats.lock:
             self.stats.dirs_unmodified += 1
@@ -759,14 +806,7 @@ class Archiver:
                     os.fsdecode(os.path.join(frame.path, node.name))
                 )
             else:
-                frame.cache_entries[node.name] = [
-                    st.st_size,
-                    st.st_mtime_ns,
-                    st.st_ctime_ns,
-                    st.st_ino,
-                    content,
-                    node.xattrs,
-                ]
+                frame.cache_entries[node.name] = _file_entry(st, content, node.xattrs)
         ids = self._reused_tree(frame)
         if ids is None:
             nodes = [n for n in frame.nodes if id(n) not in missed]
@@ -778,11 +818,18 @@ class Archiver:
         frame.hits = []
         if frame.node is not None:
             frame.node.subtree = ids
-        if frame.dev is not None:
+        if frame.dev is not None and frame.settled:
             for n in frame.nodes:
                 if n.type is NodeType.DIR:
                     frame.others[n.name].append(n.subtree)
-            frame.cache_entries[DIR_RECORD] = [ids, frame.others, frame.dev, TREE_VERSION, count]
+            frame.cache_entries[DIR_RECORD] = [
+                ids,
+                frame.others,
+                frame.dev,
+                TREE_VERSION,
+                count,
+                self._owners_epoch,
+            ]
         self.files_cache.put(frame.path, frame.cache_entries)
         return ids
 
@@ -818,8 +865,12 @@ class Archiver:
             # before this point has already removed them from the index files, and one
             # that condemns them later waits for this lock (FORMAT.md section 12).
             self.repo.sync_index()
-            self._cache_trusted = self.files_cache.generation_valid(self.repo.index_file_names())
-            self._reuse_trees = self._owners.still(self.files_cache.owners())
+            self.files_cache.begin(self.repo.index_file_names())
+            epoch, known = self.files_cache.owners()
+            self._reuse_trees = self._owners.still(known)
+            # A renamed user or group: trees recorded before are never reused again.
+            self._owners_epoch = epoch if self._reuse_trees else epoch + 1
+            self._settled_before_ns = time.time_ns() - int(self.opts.settle_s * 1e9)
             self._pool = pool
             scanner = (
                 start_scanner([p for _, p in layout.leaves], self.stats)
@@ -867,7 +918,9 @@ class Archiver:
             )
             self.repo.write_snapshot(snap)
         # Only a completed backup updates the files cache.
-        self.files_cache.commit(self.repo.index_file_names(), self._owners.names)
+        self.files_cache.commit(
+            self.repo.index_file_names(), self._owners.names, self._owners_epoch
+        )
         self.files_cache.close()
         return BackupResult(snap, self.stats)
 
@@ -896,7 +949,10 @@ class Archiver:
         """Top and intermediate directories of the given paths: metadata from the real dirs.
         `base` is the directory on disk that `tree`'s names lie in."""
         nodes: list[Node] = []
-        holder = _Frame(base, None, nodes, [], {}, cached=self.files_cache.get(base))
+        holder = _Frame(base, None, nodes, [], {})
+        got = self.files_cache.get(base)
+        if got is not None:
+            holder.cached, holder.trusted = got
         for name, sub in sorted(tree.items()):
             # A leaf holds where to read it (normally base/name; a snapshot's copy with
             # `read_from`); intermediate directories are read where they are.

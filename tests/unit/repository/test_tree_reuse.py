@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from rekindle.repository import backup as backup_module
@@ -41,8 +42,11 @@ def build(src: Path) -> None:
     (src / "a" / "deep" / "zero").write_bytes(b"")
 
 
-def run(repo: Repository, src: Path) -> BackupResult:
-    return backup(repo, BackupOptions(paths=["."], cwd=str(src)))
+def run(repo: Repository, src: Path, *paths: str, settle_s: float = 0.0) -> BackupResult:
+    # settle_s 0: the trees of entries made a moment ago are recorded too (see
+    # test_entries_changed_just_before_the_walk_are_not_recorded)
+    opts = BackupOptions(paths=list(paths or ["."]), cwd=str(src), settle_s=settle_s)
+    return backup(repo, opts)
 
 
 def fresh_trees(backend: MemoryBackend, cache: Path, src: Path) -> list[bytes]:
@@ -232,3 +236,101 @@ def test_a_file_flagged_changed_while_read_then_deleted_leaves_the_tree(
         second = run(repo, src)
         assert second.stats.dirs_unmodified == 0
         assert [n.name for n in repo.load_tree(second.snapshot.tree)] == [b"still"]
+
+
+def test_a_user_renamed_while_a_directory_was_not_walked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backup after the rename does not walk home/: its trees, recorded with the old
+    name, must not come back later."""
+    src = tmp_path / "src"
+    (src / "home" / "alice").mkdir(parents=True)
+    (src / "etc").mkdir()
+    (src / "home" / "alice" / "f").write_bytes(b"x" * 100)
+    os.chown(src / "home" / "alice" / "f", 4242, 4242)
+    (src / "etc" / "g").write_bytes(b"y" * 100)
+    real = backup_module._user_name
+    name = {4242: "alice"}
+    monkeypatch.setattr(backup_module, "_user_name", lambda u: name.get(u) or real(u))
+    backend = MemoryBackend()
+    with make_repo(backend, tmp_path / "cache") as repo:
+        run(repo, src, "home")
+        assert run(repo, src, "home").stats.dirs_unmodified == 2
+        run(repo, src, "etc")
+        name[4242] = "bob"  # usermod -l bob alice
+        assert run(repo, src, "etc").stats.dirs_unmodified == 0
+        after = run(repo, src, "home")
+        assert after.stats.dirs_unmodified == 0
+        alice = repo.load_tree(
+            repo.load_tree(repo.load_tree(after.snapshot.tree)[0].subtree)[0].subtree
+        )
+        assert [n.user for n in alice] == ["bob"]
+
+
+def test_a_directory_moved_away_and_back_across_a_prune(tmp_path: Path) -> None:
+    """Its files-cache rows were not used by the backups in between, one of which found the
+    index files replaced: they must be checked against the index, not trusted."""
+    src = tmp_path / "src"
+    (src / "proj" / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (src / "other").write_bytes(b"o")
+    for d in (src / "proj", src / "proj" / "sub"):
+        for i in range(3):
+            (d / f"f{i}").write_bytes(os.urandom(3000))
+    with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
+        run(repo, src)
+        run(repo, src)
+        os.rename(src / "proj", tmp_path / "outside" / "proj")
+        keep = run(repo, src).snapshot.id
+        forget_ids(repo, [s for s in repo.snapshot_ids() if s != keep])
+        prune(repo, grace=timedelta(0))
+        run(repo, src)  # finds the index files replaced
+        os.rename(tmp_path / "outside" / "proj", src / "proj")
+        back = run(repo, src)
+        assert back.stats.dirs_unmodified == 0
+        report = check(repo, read_data=True)
+        assert report.ok, report
+        restore(repo, back.snapshot, tmp_path / "out")
+    assert tree_differences(src, tmp_path / "out") == []
+
+
+def test_an_owner_change_that_leaves_the_ctime_is_seen(tmp_path: Path, src: Path) -> None:
+    """Where ownership comes from a mapping (id-mapped mounts, user namespaces, mount
+    options), it can change without the ctime. Played here by changing what the files
+    cache recorded: a file's uid, and a subdirectory's gid."""
+    backend = MemoryBackend()
+    with make_repo(backend, tmp_path / "cache") as repo:
+        run(repo, src)
+        assert run(repo, src).stats.dirs_unmodified == DIRS_WITH_ENTRIES
+        import sqlite3
+
+        assert repo.cache_dir is not None
+        db = sqlite3.connect(repo.cache_dir / "files.sqlite")
+        for path, field, index in ((src / "a" / "deep", b"f1", 7), (src / "a", b"deep", 6)):
+            (data,) = db.execute(
+                "SELECT data FROM dirs WHERE path = ?", (os.fsencode(path),)
+            ).fetchone()
+            entries = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            entry = entries[field] if field in entries else entries[b"/"][1][field]
+            entry[index] += 1
+            db.execute(
+                "UPDATE dirs SET data = ? WHERE path = ?",
+                (msgpack.packb(entries, use_bin_type=True), os.fsencode(path)),
+            )
+        db.commit()
+        db.close()
+        after = run(repo, src)
+        # a/deep (its file's uid) and a (its subdirectory's gid) are encoded again; their
+        # trees come out as before (nothing really changed), so the root keeps its own
+        assert after.stats.dirs_unmodified == DIRS_WITH_ENTRIES - 2
+    assert fresh_trees(backend, tmp_path / "fresh", src) == after.snapshot.tree
+
+
+def test_entries_changed_just_before_the_walk_are_not_recorded(tmp_path: Path, src: Path) -> None:
+    """A change in the same clock tick as the walk's lstat leaves the ctime as it was: a
+    directory with an entry changed within `settle_s` keeps no record of its tree."""
+    with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
+        run(repo, src, settle_s=3600.0)  # every entry counts as just changed
+        assert run(repo, src, settle_s=3600.0).stats.dirs_unmodified == 0
+        run(repo, src)
+        assert run(repo, src, settle_s=3600.0).stats.dirs_unmodified == DIRS_WITH_ENTRIES
