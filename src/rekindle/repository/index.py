@@ -88,25 +88,33 @@ class Location:
 
 
 class LocalIndex:
-    def __init__(self, path: Path | None) -> None:
-        # path None: an in-memory database (tests, in-memory repositories).
-        target = ":memory:" if path is None else str(path)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None, *, read_only: bool = False) -> None:
+        """path None: an in-memory database (tests, in-memory repositories). read_only:
+        another process's view of an index it must not change (restore's workers)."""
         import sqlite3  # here, not at import: see format/codec.py
 
-        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        if path is not None and read_only:
+            self._db = sqlite3.connect(
+                f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
+        else:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            target = ":memory:" if path is None else str(path)
+            self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA busy_timeout = 60000")
-            if path is not None:
-                self._db.execute("PRAGMA journal_mode = WAL")
-            # The cache can always be rebuilt from the backend: durability is not needed.
-            self._db.execute("PRAGMA synchronous = OFF")
-            self._db.executescript(_SCHEMA)
+            if not read_only:
+                if path is not None:
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                # The cache can always be rebuilt from the backend: durability is not needed.
+                self._db.execute("PRAGMA synchronous = OFF")
+                self._db.executescript(_SCHEMA)
         self._bloom: _Bloom | None = None  # built once lookups are many (see `contains`)
         self._lookups = 0
         self._cold: frozenset[bytes] = frozenset()
+        self.path = path
 
     # -- the cold set ---------------------------------------------------------------------------
     def set_cold(self, packs: Iterable[bytes]) -> None:

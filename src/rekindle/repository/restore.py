@@ -434,6 +434,9 @@ class Restorer:
         from concurrent.futures import ProcessPoolExecutor
 
         root = os.fstat(self._root_fd)
+        # The workers look chunks up in the index file themselves (an in-memory index
+        # cannot be shared: its locations go with each batch then).
+        index_path = self.repo.index.path
         pool = ProcessPoolExecutor(
             wanted,
             # spawn, not fork: this process has threads (and their locks) by now.
@@ -448,6 +451,8 @@ class Restorer:
                     existing=self.opts.existing.value,
                     restore_owner=self.opts.restore_owner,
                     target_id=(root.st_dev, root.st_ino),
+                    index_path=str(index_path) if index_path else None,
+                    cold=self.repo.index.cold,
                 ),
             ),
         )
@@ -492,10 +497,10 @@ class Restorer:
         self, procs: ProcessPoolExecutor, batch: list[tuple[_OpenFile, list[bytes | int], int, int]]
     ) -> bool:
         """Hand a batch to the worker processes; False if they are gone (nothing was done)."""
-        where = self._locations(batch)
+        where = None if self.repo.index.path else self._locations(batch)
         from concurrent.futures.process import BrokenProcessPool
 
-        work = [(f.dir.relb if f.dir else b"", f.node) for f, _, _, _ in batch]
+        work = [restore_worker.job(f.dir.relb if f.dir else b"", f.node) for f, _, _, _ in batch]
         try:
             fut = procs.submit(restore_worker.write_batch, work, where)
         except BrokenProcessPool:
@@ -509,11 +514,11 @@ class Restorer:
     def _processes_done(
         self,
         batch: list[tuple[_OpenFile, list[bytes | int], int, int]],
-        fut: Future[list[Outcome]],
+        fut: Future[list[restore_worker.Answer]],
     ) -> None:
         """Account for a batch the worker processes wrote (on the pool's result thread)."""
         try:
-            outcomes = fut.result()
+            outcomes = [Outcome(*a) for a in fut.result()]
             failure = "" if len(outcomes) == len(batch) else "a wrong number of answers"
         except BaseException as e:  # noqa: BLE001 - a worker that died fails its files, loudly
             outcomes, failure = [], f"{type(e).__name__}: {e}"

@@ -8,9 +8,11 @@ still walks the tree, creates every directory and decides every name; a worker o
 files inside directories that already exist, opening them component by component with
 O_NOFOLLOW from the target, so it never follows a symlink either.
 
-A worker gets the repository's keys and config and a factory for its own backend (a
-process must not share the parent's open files or connections), and the index locations of
-every chunk it needs: it never consults the index itself.
+A worker gets the repository's keys and config, a factory for its own backend (a process
+must not share the parent's open files or connections) and the path of the local index,
+which it opens read-only to look up the chunks of each batch itself. Batches and answers
+cross as plain tuples: pickling dataclasses runs Python code for every object, and for the
+parent that was more work than walking the tree (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rekindle.core.clock import SystemClock
 from rekindle.core.errors import IntegrityError, ObjectNotFoundError, RekindleError
 from rekindle.format.config import RepoConfig
 from rekindle.format.crypto import RepoKeys
-from rekindle.format.tree import Node
+from rekindle.format.registry import NodeType
+from rekindle.format.tree import ContentItem, Node
 from rekindle.repository.index import LocalIndex, Location
 from rekindle.repository.repo import Repository
 from rekindle.store.base import Backend
@@ -47,9 +51,31 @@ class Outcome:
     reason: str = ""
     damaged: bool = False  # failed because of damaged or missing repository data
 
+    def wire(self) -> Answer:
+        return (self.state, self.written, self.reason, self.damaged)
 
-#: (directory below the target, the file's node) of each file of a batch.
-Batch = list[tuple[bytes, Node]]
+
+#: An Outcome as it crosses from a worker: (state, written, reason, damaged).
+Answer = tuple[str, int, str, bool]
+
+#: A file of a batch as it crosses to a worker: (directory below the target, name, size,
+#: mode, uid, gid, mtime_ns, xattrs, content).
+Job = tuple[bytes, bytes, int, int, int, int, int, list[tuple[bytes, bytes]], list[ContentItem]]
+
+
+def job(relb: bytes, node: Node) -> Job:
+    """What a worker needs of a file to restore it."""
+    return (
+        relb,
+        node.name,
+        node.size,
+        node.mode,
+        node.uid,
+        node.gid,
+        node.mtime_ns,
+        node.xattrs,
+        node.content,
+    )
 
 
 def open_new(name: bytes, dir_fd: int, existing: str) -> tuple[int, bytes] | None:
@@ -120,8 +146,11 @@ def write_content(
 
 
 def finish_file(fd: int, node: Node, *, restore_owner: bool) -> None:
-    """Once all content is written: the recorded size (a trailing hole), then metadata."""
-    os.ftruncate(fd, node.size)
+    """Once all content is written into the new file: the recorded size if the content ends
+    with a hole (otherwise the writes reached it, and a truncate would only cost a journal
+    entry), then metadata."""
+    if node.content and isinstance(node.content[-1], int):
+        os.ftruncate(fd, node.size)
     set_meta(fd, node, restore_owner=restore_owner)
 
 
@@ -146,6 +175,8 @@ class Setup:
     existing: str  # OVERWRITE, SKIP or RENAME
     restore_owner: bool
     target_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the target the walk opened
+    index_path: str | None = None  # the local index, opened read-only
+    cold: frozenset[bytes] = frozenset()  # packs in cold storage: read from warm copies first
 
 
 class _Worker:
@@ -154,7 +185,7 @@ class _Worker:
             backend,
             config=setup.config,
             keys=RepoKeys.from_master(setup.master),
-            index=LocalIndex(None),
+            index=LocalIndex(Path(setup.index_path) if setup.index_path else None, read_only=True),
             cache_dir=None,
             clock=SystemClock(),
         )
@@ -163,6 +194,7 @@ class _Worker:
         if (st.st_dev, st.st_ino) != setup.target_id:
             os.close(self.root_fd)
             raise RuntimeError(f"{setup.target} is no longer the directory the restore opened")
+        self.repo.index.set_cold(setup.cold)
         self.existing = setup.existing
         self.restore_owner = setup.restore_owner
         self.scratch = bytearray(setup.config.chunk_max + 1)
@@ -183,10 +215,16 @@ class _Worker:
         cache[relb] = fd
         return fd
 
-    def write_batch(self, batch: Batch, where: dict[bytes, list[Location]]) -> list[Outcome]:
+    def write_batch(
+        self, batch: list[Job], where: dict[bytes, list[Location]] | None
+    ) -> list[Answer]:
+        if where is None:
+            where = self.repo.index.lookup_many(
+                i for j in batch for i in j[8] if isinstance(i, bytes)
+            )
         dirs: dict[bytes, int] = {}
         try:
-            return [self._write_one(relb, node, where, dirs) for relb, node in batch]
+            return [self._write_one(j[0], _node(j), where, dirs).wire() for j in batch]
         finally:
             for fd in dirs.values():
                 if fd != self.root_fd:
@@ -235,8 +273,23 @@ def ping(linger: float) -> int:
     return os.getpid()
 
 
-def write_batch(batch: Batch, where: dict[bytes, list[Location]]) -> list[Outcome]:
-    """Create, write and finish the files of a batch (in a worker process)."""
+def _node(j: Job) -> Node:
+    return Node(
+        name=j[1],
+        type=NodeType.FILE,
+        size=j[2],
+        mode=j[3],
+        uid=j[4],
+        gid=j[5],
+        mtime_ns=j[6],
+        xattrs=j[7],
+        content=j[8],
+    )
+
+
+def write_batch(batch: list[Job], where: dict[bytes, list[Location]] | None) -> list[Answer]:
+    """Create, write and finish the files of a batch (in a worker process); the chunks'
+    locations are looked up in the index unless given."""
     if _worker is None:
         raise RuntimeError("restore worker used before start()")
     return _worker.write_batch(batch, where)

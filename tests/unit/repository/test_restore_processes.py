@@ -142,8 +142,8 @@ def test_a_worker_never_follows_a_symlink_to_its_directory(
     monkeypatch.setattr(restore_worker, "_worker", None)  # this process plays the worker
     restore_worker.start(factory, setup)
     node = Node(name=b"planted", type=NodeType.FILE, mode=0o644, size=0)
-    (outcome,) = restore_worker.write_batch([(b"a/b", node)], {})
-    assert outcome.state == "failed"
+    ((state, _, _, _),) = restore_worker.write_batch([restore_worker.job(b"a/b", node)], {})
+    assert state == "failed"
     assert list(outside.iterdir()) == []
 
 
