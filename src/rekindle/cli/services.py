@@ -200,7 +200,10 @@ def storage_serve(
         str | None,
         typer.Option(
             envvar="REKINDLE_STORAGE_BACKEND",
-            help="Keep the repositories on S3 instead: s3://BUCKET[/PREFIX] (AWS_* variables).",
+            help=(
+                "Keep the repositories on S3 instead: s3://BUCKET or s3://BUCKET/PREFIX"
+                " (AWS_* variables)."
+            ),
         ),
     ] = None,
     archive_dir: Annotated[
