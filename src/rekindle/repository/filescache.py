@@ -74,6 +74,7 @@ class FilesCache:
         self._batch: list[tuple[bytes, bytes]] = []
         self._gen = self._state("gen")
         self._trusted = False
+        self._begin_files: set[str] = set()
 
     def _state(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
@@ -83,8 +84,14 @@ class FilesCache:
         """At the start of a backup, once the index is synced: whether the rows of the
         current generation are trusted (every index file the cache was written with still
         exists). Rows of older generations never are."""
+        # One read transaction: the generation number with the table it belongs to (another
+        # backup sharing this cache may have committed since this one opened it).
+        self._db.execute("BEGIN")
         names = {r[0] for r in self._db.execute("SELECT name FROM generation")}
+        self._gen = self._state("gen")
+        self._db.execute("COMMIT")
         self._trusted = bool(names) and names <= current_index_files
+        self._begin_files = set(current_index_files)
         return self._trusted
 
     def get(self, path: bytes) -> tuple[DirEntries, bool] | None:
@@ -123,10 +130,14 @@ class FilesCache:
 
     def commit(self, index_files: set[str], owners: Owners, owners_epoch: int) -> None:
         """Every row this backup wrote was checked: in the generation it trusted, or, if it
-        trusted none, in a new one."""
+        trusted none, or if an index file it started with is gone (a prune ran meanwhile:
+        rows it did not use may name what that prune removed), in a new one."""
         self._flush()
-        self._db.execute("BEGIN")
-        gen = self._gen if self._trusted else max(self._gen, self._state("gen")) + 1
+        # IMMEDIATE: the write lock first (with busy_timeout), not a read lock to upgrade,
+        # which SQLite refuses at once when another commit holds one too.
+        self._db.execute("BEGIN IMMEDIATE")
+        same = self._trusted and self._begin_files <= index_files
+        gen = self._gen if same else max(self._gen, self._state("gen")) + 1
         self._db.execute("INSERT OR REPLACE INTO dirs SELECT path, data, ? FROM staged", (gen,))
         self._db.execute("DELETE FROM staged")
         self._db.execute("DELETE FROM generation")

@@ -12,6 +12,7 @@ Safe for several threads (one connection behind a lock) and several processes (W
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -105,16 +106,23 @@ class LocalIndex:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA busy_timeout = 60000")
-            if not read_only:
+            if not read_only or path is None:
                 if path is not None:
                     self._db.execute("PRAGMA journal_mode = WAL")
                 # The cache can always be rebuilt from the backend: durability is not needed.
                 self._db.execute("PRAGMA synchronous = OFF")
                 self._db.executescript(_SCHEMA)
+            else:
+                # Read now: a file that is no index fails here, not at the first lookup.
+                self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchall()
         self._bloom: _Bloom | None = None  # built once lookups are many (see `contains`)
         self._lookups = 0
         self._cold: frozenset[bytes] = frozenset()
         self.path = path
+        # (st_dev, st_ino) of the file opened: another process that opens `path` can check
+        # it finds this same index there, not one made since.
+        st = os.stat(path) if path is not None else None
+        self.file_id = (st.st_dev, st.st_ino) if st is not None else (0, 0)
 
     # -- the cold set ---------------------------------------------------------------------------
     def set_cold(self, packs: Iterable[bytes]) -> None:

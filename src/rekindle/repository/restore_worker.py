@@ -176,11 +176,16 @@ class Setup:
     restore_owner: bool
     target_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the target the walk opened
     index_path: str | None = None  # the local index, opened read-only
+    index_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the index the walk has open
     cold: frozenset[bytes] = frozenset()  # packs in cold storage: read from warm copies first
 
 
 class _Worker:
     def __init__(self, backend: Backend, setup: Setup) -> None:
+        if setup.index_path:
+            st = os.stat(setup.index_path)
+            if (st.st_dev, st.st_ino) != setup.index_id:
+                raise RuntimeError(f"{setup.index_path} is no longer the index the restore reads")
         self.repo = Repository(
             backend,
             config=setup.config,

@@ -186,3 +186,57 @@ def test_a_worker_refuses_a_target_that_is_not_the_one_the_walk_opened(
     monkeypatch.setattr(restore_worker, "_worker", None)
     with pytest.raises(RuntimeError, match="no longer the directory"):
         restore_worker.start(factory, setup)
+
+
+def _hundred_files(src: Path) -> None:
+    src.mkdir()
+    for i in range(100):
+        (src / f"f{i:03d}").write_bytes(os.urandom(3000 + i))
+
+
+def test_workers_with_an_in_memory_index_fail_only_the_file_whose_chunk_is_unknown(
+    tmp_path: Path,
+) -> None:
+    """Without a cache directory the index is in memory: its locations go with each batch,
+    and a chunk missing from them is looked up in the worker's own (empty) index, which
+    must answer "not in the index" for that file alone."""
+    src = tmp_path / "src"
+    _hundred_files(src)
+    repo = make_repo(LocalBackend(tmp_path / "repo"), None)
+    snap = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+    node = next(n for n in repo.load_tree(snap.tree) if n.name == b"f017")
+    (victim,) = node.content
+    repo.index._db.execute("DELETE FROM blobs WHERE id = ?", (victim,))
+    stats = restore(repo, snap, tmp_path / "out", PROCESSES)
+    assert stats.worker_processes == 2
+    assert [p for p, _ in stats.errors] == ["f017"]
+    assert "not in the index" in stats.errors[0][1]
+    assert stats.damaged == 1
+    assert stats.files == 99
+
+
+@pytest.mark.parametrize("variant", ["another index", "not an index"])
+def test_workers_that_find_another_index_leave_the_restore_to_threads(
+    tmp_path: Path, variant: str
+) -> None:
+    """The workers open the index by its path: if the file there is not the one this
+    restore has open (the cache was cleared and made again), or no index at all, they do
+    not start, and the threads restore everything."""
+    from rekindle.repository.index import LocalIndex
+
+    src = tmp_path / "src"
+    _hundred_files(src)
+    repo = make_repo(LocalBackend(tmp_path / "repo"), tmp_path / "cache")
+    snap = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+    path = repo.index.path
+    assert path is not None
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)  # this restore keeps its open file
+    if variant == "another index":
+        LocalIndex(path).close()  # made again by another process, not synced yet
+    else:
+        path.write_bytes(b"x" * 4096)
+    stats = restore(repo, snap, tmp_path / "out", PROCESSES)
+    assert stats.worker_processes == 0
+    assert stats.errors == []
+    assert tree_differences(src, tmp_path / "out") == []

@@ -334,3 +334,75 @@ def test_entries_changed_just_before_the_walk_are_not_recorded(tmp_path: Path, s
         assert run(repo, src, settle_s=3600.0).stats.dirs_unmodified == 0
         run(repo, src)
         assert run(repo, src, settle_s=3600.0).stats.dirs_unmodified == DIRS_WITH_ENTRIES
+
+
+def _moved_away(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "src"
+    (src / "proj" / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (src / "other").write_bytes(b"o")
+    for d in (src / "proj", src / "proj" / "sub"):
+        for i in range(3):
+            (d / f"f{i}").write_bytes(os.urandom(3000))
+    return src, tmp_path / "outside" / "proj"
+
+
+def _checked_restore(repo: Repository, result: BackupResult, src: Path, out: Path) -> None:
+    report = check(repo, read_data=True)
+    assert report.ok, report
+    stats = restore(repo, result.snapshot, out)
+    assert stats.errors == []
+    assert tree_differences(src, out) == []
+
+
+def test_another_backup_sharing_the_cache_commits_while_one_starts(tmp_path: Path) -> None:
+    """A backup reads the cache's generation with the table it belongs to, at its start
+    (after the lock and the index sync), not when it was made."""
+    from rekindle.repository.backup import Archiver
+
+    src, away = _moved_away(tmp_path)
+    opts = BackupOptions(paths=["."], cwd=str(src), settle_s=0.0)
+    with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
+        run(repo, src)
+        run(repo, src)
+        os.rename(src / "proj", away)
+        keep = run(repo, src).snapshot.id
+        forget_ids(repo, [s for s in repo.snapshot_ids() if s != keep])
+        prune(repo, grace=timedelta(0))  # proj's chunks and trees are gone
+        first = Archiver(repo, opts)
+        run(repo, src)  # another backup: finds index files replaced, commits
+        os.rename(away, src / "proj")
+        result = first.run()
+        assert result.stats.dirs_unmodified == 0
+        _checked_restore(repo, result, src, tmp_path / "out")
+
+
+def test_a_prune_during_a_backup_leaves_unused_rows_untrusted(tmp_path: Path) -> None:
+    """A prune on the same machine (one index cache) while a backup runs: the backup's
+    commit must not vouch for rows it did not use, whose content that prune removed."""
+    from rekindle.repository.backup import Archiver
+
+    src, away = _moved_away(tmp_path)
+    opts = BackupOptions(paths=["."], cwd=str(src), settle_s=0.0)
+    with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
+        run(repo, src)
+        run(repo, src)
+        os.rename(src / "proj", away)
+        keep = run(repo, src).snapshot.id
+        forget_ids(repo, [s for s in repo.snapshot_ids() if s != keep])
+        during = Archiver(repo, opts)
+        put, pruned = during.files_cache.put, []
+
+        def prune_first(path: bytes, entries: dict[bytes, list[object]]) -> None:
+            if not pruned:  # prune never waits for backups
+                pruned.append(prune(repo, grace=timedelta(0)))
+            put(path, entries)
+
+        during.files_cache.put = prune_first  # type: ignore[method-assign]
+        during.run()
+        assert pruned
+        prune(repo, grace=timedelta(0))  # the sweep, once the backup's lock is gone
+        os.rename(away, src / "proj")
+        result = run(repo, src)
+        assert result.stats.dirs_unmodified == 0
+        _checked_restore(repo, result, src, tmp_path / "out")
