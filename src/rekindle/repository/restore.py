@@ -328,15 +328,7 @@ class Restorer:
             key = (node.device, node.inode)
             first = self._links.get(key)
             if first is not None:
-                os.link(
-                    first,
-                    node.name,
-                    src_dir_fd=self._root_fd,
-                    dst_dir_fd=dir_fd,
-                    follow_symlinks=False,
-                )
-                with self.stats.lock:
-                    self.stats.files += 1
+                self._link(first, node.name, dir_fd)
                 return
         opened = self._open_new(node, dir_fd)
         if opened is None:
@@ -655,6 +647,38 @@ class Restorer:
         finally:
             os.close(f.fd)
             self._slots.release()
+
+    def _link(self, first: bytes, name: bytes, dir_fd: int) -> None:
+        """Another name of a file already restored (at `first`, below the target); an
+        existing entry of that name follows the --existing policy, as a file would."""
+
+        def link(to: bytes) -> None:
+            os.link(first, to, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+
+        try:
+            link(name)
+        except FileExistsError:
+            if self.opts.existing is Existing.SKIP:
+                with self.stats.lock:
+                    self.stats.skipped += 1
+                return
+            if self.opts.existing is Existing.RENAME:
+                for n in range(1, 10000):
+                    try:
+                        link(name + b".restored-" + str(n).encode())
+                        break
+                    except FileExistsError:
+                        continue
+                else:
+                    raise OSError(errno.EEXIST, "too many restored copies exist") from None
+            else:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    raise OSError(errno.EISDIR, "a directory is in the way") from None
+                os.unlink(name, dir_fd=dir_fd)
+                link(name)
+        with self.stats.lock:
+            self.stats.files += 1
 
     def _symlink(self, node: Node, dir_fd: int) -> None:
         if node.link_target is None:

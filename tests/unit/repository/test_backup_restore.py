@@ -343,6 +343,33 @@ def test_existing_files_policy(tmp_path: Path, mode: Existing) -> None:
         assert (target / "f.restored-1").read_text() == "from backup"
 
 
+@pytest.mark.parametrize("mode", list(Existing))
+def test_restoring_hard_links_again_over_themselves(tmp_path: Path, mode: Existing) -> None:
+    """The second name of a hard link follows the --existing policy as a file does (it
+    used to fail with "File exists" when restored again into the same target)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "h1").write_text("linked")
+    os.link(src / "h1", src / "h2")
+    target = tmp_path / "t"
+    with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
+        snap = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+        assert restore(repo, snap, target).errors == []
+        stats = restore(repo, snap, target, RestoreOptions(existing=mode))
+    assert stats.errors == []
+    h1, h2 = (target / "h1").stat(), (target / "h2").stat()
+    assert h1.st_ino == h2.st_ino  # still one file with two names
+    if mode is Existing.SKIP:
+        assert stats.skipped == 2
+    elif mode is Existing.RENAME:
+        r1, r2 = (target / "h1.restored-1").stat(), (target / "h2.restored-1").stat()
+        assert r1.st_ino == r2.st_ino != h1.st_ino
+        assert (target / "h2.restored-1").read_text() == "linked"
+    else:
+        assert (target / "h2").read_text() == "linked"
+        assert sorted(p.name for p in target.iterdir()) == ["h1", "h2"]
+
+
 def test_include_restores_only_selected_paths(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "a" / "b").mkdir(parents=True)
