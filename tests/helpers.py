@@ -6,7 +6,7 @@ import contextlib
 import filecmp
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -109,3 +109,21 @@ def smtp_sink() -> Iterator[Sink]:
         yield sink
     finally:
         controller.stop()
+
+
+def growing_file(src: Path) -> Callable[[int, int], bytes]:
+    """Makes `src` with `growing.log` and `still`; returns an `os.read` for monkeypatching
+    that appends to growing.log each time it is read (a file that changes while read)."""
+    src.mkdir()
+    (src / "growing.log").write_bytes(b"first line\n")
+    (src / "still").write_bytes(b"unchanged\n")
+    real_read = os.read
+
+    def read_then_append(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("growing.log"):
+            with (src / "growing.log").open("ab") as f:
+                f.write(b"written during the backup\n")
+        return data
+
+    return read_then_append

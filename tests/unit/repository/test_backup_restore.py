@@ -17,7 +17,7 @@ from rekindle.format.tree import Node, encode_tree
 from rekindle.repository.backup import BackupOptions, backup, plan_paths
 from rekindle.repository.restore import Existing, RestoreOptions, restore
 from rekindle.store.memory import MemoryBackend
-from tests.helpers import make_repo, tree_differences
+from tests.helpers import growing_file, make_repo, tree_differences
 
 name_chars = st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",))
 names = st.text(name_chars, min_size=1, max_size=12).filter(
@@ -473,17 +473,7 @@ def test_a_file_changed_while_read_is_flagged_and_read_again_next_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "growing.log").write_bytes(b"first line\n")
-    (src / "still").write_bytes(b"unchanged\n")
-    real_read = os.read
-
-    def read_then_append(fd: int, n: int) -> bytes:
-        data = real_read(fd, n)
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("growing.log"):
-            with (src / "growing.log").open("ab") as f:
-                f.write(b"written during the backup\n")
-        return data
+    read_then_append = growing_file(src)
 
     repo = make_repo(MemoryBackend(), tmp_path / "cache")
     with repo:

@@ -22,7 +22,7 @@ from rekindle.repository.prune import prune
 from rekindle.repository.repo import Repository
 from rekindle.repository.restore import restore
 from rekindle.store.memory import MemoryBackend
-from tests.helpers import PASSWORD, make_repo, tree_differences
+from tests.helpers import PASSWORD, growing_file, make_repo, tree_differences
 
 # Directories of the tree below that hold something (the empty one is never recorded).
 DIRS_WITH_ENTRIES = 4
@@ -215,17 +215,7 @@ def test_a_file_flagged_changed_while_read_then_deleted_leaves_the_tree(
     """A file that changed while read is in the tree but not in the files cache: once it is
     gone, the directory's other entries all match, yet its tree must not be reused."""
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "growing.log").write_bytes(b"first line\n")
-    (src / "still").write_bytes(b"unchanged\n")
-    real_read = os.read
-
-    def read_then_append(fd: int, n: int) -> bytes:
-        data = real_read(fd, n)
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("growing.log"):
-            with (src / "growing.log").open("ab") as f:
-                f.write(b"written during the backup\n")
-        return data
+    read_then_append = growing_file(src)
 
     with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
         monkeypatch.setattr(os, "read", read_then_append)
@@ -347,6 +337,15 @@ def _moved_away(tmp_path: Path) -> tuple[Path, Path]:
     return src, tmp_path / "outside" / "proj"
 
 
+def _back_up_then_forget_all_but_one_without(repo: Repository, src: Path, away: Path) -> None:
+    """Two backups with proj/, one without it (moved to `away`), and only that one kept."""
+    run(repo, src)
+    run(repo, src)
+    os.rename(src / "proj", away)
+    keep = run(repo, src).snapshot.id
+    forget_ids(repo, [s for s in repo.snapshot_ids() if s != keep])
+
+
 def _checked_restore(repo: Repository, result: BackupResult, src: Path, out: Path) -> None:
     report = check(repo, read_data=True)
     assert report.ok, report
@@ -363,11 +362,7 @@ def test_another_backup_sharing_the_cache_commits_while_one_starts(tmp_path: Pat
     src, away = _moved_away(tmp_path)
     opts = BackupOptions(paths=["."], cwd=str(src), settle_s=0.0)
     with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
-        run(repo, src)
-        run(repo, src)
-        os.rename(src / "proj", away)
-        keep = run(repo, src).snapshot.id
-        forget_ids(repo, [s for s in repo.snapshot_ids() if s != keep])
+        _back_up_then_forget_all_but_one_without(repo, src, away)
         prune(repo, grace=timedelta(0))  # proj's chunks and trees are gone
         first = Archiver(repo, opts)
         run(repo, src)  # another backup: finds index files replaced, commits
@@ -385,11 +380,7 @@ def test_a_prune_during_a_backup_leaves_unused_rows_untrusted(tmp_path: Path) ->
     src, away = _moved_away(tmp_path)
     opts = BackupOptions(paths=["."], cwd=str(src), settle_s=0.0)
     with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
-        run(repo, src)
-        run(repo, src)
-        os.rename(src / "proj", away)
-        keep = run(repo, src).snapshot.id
-        forget_ids(repo, [s for s in repo.snapshot_ids() if s != keep])
+        _back_up_then_forget_all_but_one_without(repo, src, away)
         during = Archiver(repo, opts)
         put, pruned = during.files_cache.put, []
 
