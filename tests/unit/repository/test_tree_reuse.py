@@ -260,28 +260,15 @@ def test_a_user_renamed_while_a_directory_was_not_walked(
 def test_a_directory_moved_away_and_back_across_a_prune(tmp_path: Path) -> None:
     """Its files-cache rows were not used by the backups in between, one of which found the
     index files replaced: they must be checked against the index, not trusted."""
-    src = tmp_path / "src"
-    (src / "proj" / "sub").mkdir(parents=True)
-    (tmp_path / "outside").mkdir()
-    (src / "other").write_bytes(b"o")
-    for d in (src / "proj", src / "proj" / "sub"):
-        for i in range(3):
-            (d / f"f{i}").write_bytes(os.urandom(3000))
+    src, away = _moved_away(tmp_path)
     with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
-        run(repo, src)
-        run(repo, src)
-        os.rename(src / "proj", tmp_path / "outside" / "proj")
-        keep = run(repo, src).snapshot.id
-        forget_ids(repo, [s for s in repo.snapshot_ids() if s != keep])
+        _back_up_then_forget_all_but_one_without(repo, src, away)
         prune(repo, grace=timedelta(0))
         run(repo, src)  # finds the index files replaced
-        os.rename(tmp_path / "outside" / "proj", src / "proj")
+        os.rename(away, src / "proj")
         back = run(repo, src)
         assert back.stats.dirs_unmodified == 0
-        report = check(repo, read_data=True)
-        assert report.ok, report
-        restore(repo, back.snapshot, tmp_path / "out")
-    assert tree_differences(src, tmp_path / "out") == []
+        _checked_restore(repo, back, src, tmp_path / "out")
 
 
 def test_an_owner_change_that_leaves_the_ctime_is_seen(tmp_path: Path, src: Path) -> None:
