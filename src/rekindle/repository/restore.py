@@ -42,6 +42,7 @@ from rekindle.repository.restore_worker import (
     Outcome,
     finish_file,
     is_damage,
+    make_new,
     open_new,
     reason_of,
     set_meta,
@@ -648,67 +649,57 @@ class Restorer:
             os.close(f.fd)
             self._slots.release()
 
+    def _make_new(self, name: bytes, dir_fd: int, create: Callable[[bytes], None]) -> bytes | None:
+        """An entry that is not a regular file, under the --existing policy: the name it got,
+        or None if skipped (counted)."""
+        made = make_new(name, dir_fd, self.opts.existing.value, create)
+        if made is None:
+            with self.stats.lock:
+                self.stats.skipped += 1
+            return None
+        return made[1]
+
     def _link(self, first: bytes, name: bytes, dir_fd: int) -> None:
-        """Another name of a file already restored (at `first`, below the target); an
-        existing entry of that name follows the --existing policy, as a file would."""
+        """Another name of a file already restored (at `first`, below the target)."""
 
         def link(to: bytes) -> None:
             os.link(first, to, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
 
-        try:
-            link(name)
-        except FileExistsError:
-            if self.opts.existing is Existing.SKIP:
-                with self.stats.lock:
-                    self.stats.skipped += 1
-                return
-            if self.opts.existing is Existing.RENAME:
-                for n in range(1, 10000):
-                    try:
-                        link(name + b".restored-" + str(n).encode())
-                        break
-                    except FileExistsError:
-                        continue
-                else:
-                    raise OSError(errno.EEXIST, "too many restored copies exist") from None
-            else:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    raise OSError(errno.EISDIR, "a directory is in the way") from None
-                os.unlink(name, dir_fd=dir_fd)
-                link(name)
-        with self.stats.lock:
-            self.stats.files += 1
+        if self._make_new(name, dir_fd, link) is not None:
+            with self.stats.lock:
+                self.stats.files += 1
 
     def _symlink(self, node: Node, dir_fd: int) -> None:
-        if node.link_target is None:
+        target = node.link_target
+        if target is None:
             raise IntegrityError("symlink without target")
-        try:
-            os.symlink(node.link_target, node.name, dir_fd=dir_fd)
-        except FileExistsError:
-            if self.opts.existing is Existing.SKIP:
-                return
-            st = os.stat(node.name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                raise
-            os.unlink(node.name, dir_fd=dir_fd)
-            os.symlink(node.link_target, node.name, dir_fd=dir_fd)
+        name = self._make_new(node.name, dir_fd, lambda n: os.symlink(target, n, dir_fd=dir_fd))
+        if name is None:
+            return
         if self.opts.restore_owner:
-            os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-        os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+            os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _special(self, node: Node, dir_fd: int) -> None:
         if node.type is NodeType.FIFO:
-            os.mkfifo(node.name, 0o600, dir_fd=dir_fd)
+
+            def create(n: bytes) -> None:
+                os.mkfifo(n, 0o600, dir_fd=dir_fd)
         else:
             if not IS_ROOT:
                 raise OSError(errno.EPERM, "device nodes can be restored by root only")
             kind = stat.S_IFCHR if node.type is NodeType.CHARDEV else stat.S_IFBLK
-            os.mknod(node.name, kind | 0o600, node.rdev or 0, dir_fd=dir_fd)
+
+            def create(n: bytes) -> None:
+                os.mknod(n, kind | 0o600, node.rdev or 0, dir_fd=dir_fd)
+
+        name = self._make_new(node.name, dir_fd, create)
+        if name is None:
+            return
         if self.opts.restore_owner:
-            os.chown(node.name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
-        os.chmod(node.name, node.mode, dir_fd=dir_fd)
-        os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd)
+            os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.chmod(name, node.mode, dir_fd=dir_fd)
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd)
 
 
 def restore(

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from rekindle.core.clock import SystemClock
 from rekindle.core.errors import IntegrityError, ObjectNotFoundError, RekindleError
@@ -37,6 +38,8 @@ from rekindle.store.base import Backend
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+T = TypeVar("T")
 
 #: What to do with an existing file (the values of restore.Existing).
 OVERWRITE, SKIP, RENAME = "overwrite", "skip", "rename"
@@ -78,11 +81,15 @@ def job(relb: bytes, node: Node) -> Job:
     )
 
 
-def open_new(name: bytes, dir_fd: int, existing: str) -> tuple[int, bytes] | None:
-    """Create `name` in `dir_fd` for writing; an existing file is overwritten, skipped (None)
-    or kept, with the new file named `<name>.restored-N` beside it."""
+def make_new(
+    name: bytes, dir_fd: int, existing: str, create: Callable[[bytes], T]
+) -> tuple[T, bytes] | None:
+    """Make the entry `name` in `dir_fd` with `create(name)` (which raises FileExistsError
+    if something is there): an existing entry is replaced (never a directory), skipped
+    (None) or kept, with the new entry named `<name>.restored-N` beside it. Files, hard
+    links, symlinks and special files all follow the --existing policy this way."""
     try:
-        return os.open(name, _NEW_FLAGS, 0o600, dir_fd=dir_fd), name
+        return create(name), name
     except FileExistsError:
         pass
     if existing == SKIP:
@@ -91,7 +98,7 @@ def open_new(name: bytes, dir_fd: int, existing: str) -> tuple[int, bytes] | Non
         for n in range(1, 10000):
             alt = name + b".restored-" + str(n).encode()
             try:
-                return os.open(alt, _NEW_FLAGS, 0o600, dir_fd=dir_fd), alt
+                return create(alt), alt
             except FileExistsError:
                 continue
         raise OSError(errno.EEXIST, "too many restored copies exist")
@@ -99,7 +106,12 @@ def open_new(name: bytes, dir_fd: int, existing: str) -> tuple[int, bytes] | Non
     if stat.S_ISDIR(st.st_mode):
         raise OSError(errno.EISDIR, "a directory is in the way")
     os.unlink(name, dir_fd=dir_fd)
-    return os.open(name, _NEW_FLAGS, 0o600, dir_fd=dir_fd), name
+    return create(name), name
+
+
+def open_new(name: bytes, dir_fd: int, existing: str) -> tuple[int, bytes] | None:
+    """Create `name` in `dir_fd` for writing, under the --existing policy (`make_new`)."""
+    return make_new(name, dir_fd, existing, lambda n: os.open(n, _NEW_FLAGS, 0o600, dir_fd=dir_fd))
 
 
 def set_meta(fd: int, node: Node, *, restore_owner: bool) -> None:

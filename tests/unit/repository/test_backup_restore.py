@@ -5,6 +5,7 @@ symlinks, hard links, xattrs, permissions."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -368,6 +369,35 @@ def test_restoring_hard_links_again_over_themselves(tmp_path: Path, mode: Existi
     else:
         assert (target / "h2").read_text() == "linked"
         assert sorted(p.name for p in target.iterdir()) == ["h1", "h2"]
+
+
+@pytest.mark.parametrize("mode", list(Existing))
+def test_symlinks_and_fifos_follow_the_existing_policy(tmp_path: Path, mode: Existing) -> None:
+    """Every kind of entry meets an existing one as a file does: with rename, a file that
+    stood where a symlink is restored is kept (it used to be replaced), and an existing
+    FIFO no longer fails the entry."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "link").symlink_to("somewhere")
+    os.mkfifo(src / "fifo")
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "link").write_text("a file of mine")
+    os.mkfifo(target / "fifo")
+    with make_repo(MemoryBackend(), tmp_path / "cache") as repo:
+        snap = backup(repo, BackupOptions(paths=["."], cwd=str(src))).snapshot
+        stats = restore(repo, snap, target, RestoreOptions(existing=mode))
+    assert stats.errors == []
+    if mode is Existing.OVERWRITE:
+        assert os.readlink(target / "link") == "somewhere"
+        assert sorted(p.name for p in target.iterdir()) == ["fifo", "link"]
+    elif mode is Existing.SKIP:
+        assert (target / "link").read_text() == "a file of mine"
+        assert stats.skipped == 2
+    else:
+        assert (target / "link").read_text() == "a file of mine"
+        assert os.readlink(target / "link.restored-1") == "somewhere"
+        assert stat.S_ISFIFO((target / "fifo.restored-1").lstat().st_mode)
 
 
 def test_include_restores_only_selected_paths(tmp_path: Path) -> None:
