@@ -240,6 +240,19 @@ def _file_entry(st: os.stat_result, content: list[ContentItem], xattrs: Xattrs) 
     ]
 
 
+def _same_content(cached: list[Any], st: os.stat_result) -> bool:
+    """A file's files-cache entry still tells its content: same size, mtime, ctime and
+    inode."""
+    return cached[:4] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _from_cache(node: Node, cached: list[Any]) -> None:
+    """An unchanged file's content and xattrs, from its files-cache entry (with six fields
+    or more: setting or removing an xattr moves the ctime, so its xattrs are as cached)."""
+    node.content = list(cached[4])
+    node.xattrs = [(bytes(k), bytes(v)) for k, v in cached[5]]
+
+
 def _identity(st: os.stat_result) -> list[int]:
     """What the record of a directory keeps of an entry that is not a regular file."""
     return [
@@ -510,19 +523,13 @@ class Archiver:
         cached = frame.cached.get(node.name) if frame.cached else None
         if (
             cached is not None
-            and cached[0] == st.st_size
-            and cached[1] == st.st_mtime_ns
-            and cached[2] == st.st_ctime_ns
-            and cached[3] == st.st_ino
+            and _same_content(cached, st)
             and self._cached_content_ok(cached[4], frame.trusted)
         ):
-            node.content = list(cached[4])
-            # Setting or removing an xattr changes the ctime: with the same ctime, the
-            # xattrs are those of the last backup (one listxattr less per unchanged file).
-            if len(cached) > 5:
-                node.xattrs = [(bytes(k), bytes(v)) for k, v in cached[5]]
+            if len(cached) > 5:  # one listxattr less per unchanged file
+                _from_cache(node, cached)
             else:  # a cache entry from before xattrs were kept in it
-                node.xattrs = read_xattrs(path)
+                node.content, node.xattrs = list(cached[4]), read_xattrs(path)
             frame.cache_entries[node.name] = _file_entry(st, cached[4], node.xattrs)
             with self.stats.lock:
                 self.stats.files_unmodified += 1
@@ -733,16 +740,10 @@ class Archiver:
         if (
             cached is None
             or len(cached) < 10
-            or cached[0] != st.st_size
-            or cached[1] != st.st_mtime_ns
-            or cached[2] != st.st_ctime_ns
-            or cached[3] != st.st_ino
+            or not _same_content(cached, st)
             # Mode, owner and link count move the ctime, except where they come from a
             # mapping (id-mapped mounts, user namespaces, mount options): compared too.
-            or cached[6] != st.st_mode
-            or cached[7] != st.st_uid
-            or cached[8] != st.st_gid
-            or cached[9] != st.st_nlink
+            or cached[6:10] != [st.st_mode, st.st_uid, st.st_gid, st.st_nlink]
             or not self._cached_content_ok(cached[4], frame.trusted)
         ):
             return False
@@ -759,17 +760,16 @@ class Archiver:
         nodes = []
         for name, path, st, cached in frame.hits:
             node = self._node(name, st, path, xattrs=False)
-            node.content = list(cached[4])
-            node.xattrs = [(bytes(k), bytes(v)) for k, v in cached[5]]
+            _from_cache(node, cached)
             nodes.append(node)
         return nodes
 
     def _reused_tree(self, frame: _Frame) -> list[bytes] | None:
-        """The directory's tree ids from its record in the files cache, if every entry is
-        as recorded there: each file unchanged (size, mtime, ctime, inode), each other entry
-        with the same inode, ctime, mtime, size and mode (a change to its owner, mode,
-        xattrs or link count moves its ctime), each subdirectory with the same tree, no
-        entry more or less, on the same device, and no user or group name changed."""
+        """The directory's tree ids from its record in the files cache, if the walk found
+        every entry as recorded (`_walk_dir`: files by `_unchanged_file`, other entries by
+        `_identity`, the entry count, device, tree version and owners epoch) and each
+        subdirectory's tree came out the same; checked against the index unless the row is
+        trusted (docs/architecture.md, "Files cache")."""
         record = frame.record
         if record is None or frame.pending:
             return None
@@ -807,14 +807,12 @@ class Archiver:
                 )
             else:
                 frame.cache_entries[node.name] = _file_entry(st, content, node.xattrs)
+        count = len(frame.nodes) - len(missed) + len(frame.hits)  # entries in the tree
         ids = self._reused_tree(frame)
         if ids is None:
             nodes = [n for n in frame.nodes if id(n) not in missed]
             nodes.extend(self._hit_nodes(frame))
             ids = self.store_tree(nodes)
-            count = len(nodes)
-        else:
-            count = len(frame.hits) + len(frame.nodes)
         frame.hits = []
         if frame.node is not None:
             frame.node.subtree = ids

@@ -194,15 +194,15 @@ class Setup:
 
 class _Worker:
     def __init__(self, backend: Backend, setup: Setup) -> None:
-        if setup.index_path:
-            st = os.stat(setup.index_path)
-            if (st.st_dev, st.st_ino) != setup.index_id:
-                raise RuntimeError(f"{setup.index_path} is no longer the index the restore reads")
+        index = LocalIndex(Path(setup.index_path) if setup.index_path else None, read_only=True)
+        if setup.index_path and index.file_id != setup.index_id:
+            index.close()
+            raise RuntimeError(f"{setup.index_path} is no longer the index the restore reads")
         self.repo = Repository(
             backend,
             config=setup.config,
             keys=RepoKeys.from_master(setup.master),
-            index=LocalIndex(Path(setup.index_path) if setup.index_path else None, read_only=True),
+            index=index,
             cache_dir=None,
             clock=SystemClock(),
         )
