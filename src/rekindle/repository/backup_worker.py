@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rekindle.core.errors import ExitCode, RekindleError
+from rekindle.core.memory import return_freed_memory
 from rekindle.format import codec
 from rekindle.format.config import RepoConfig
 from rekindle.format.crypto import RepoKeys
@@ -256,6 +257,10 @@ def serve(conn: Connection, setup: Setup) -> None:
                     report = packer.add(cid, keep[cid])
                     if report is not None:
                         conn.send(("pack", *report))
+                # The batch's file data is freed here: without this the worker would keep
+                # its high-water mark (about 6 MiB more per worker on the benchmark).
+                del keep
+                return_freed_memory()
             elif msg[0] == "flush":
                 report = packer.finish()
                 if report is not None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from rekindle.core.memory import return_freed_memory
 from rekindle.format import codec
 from rekindle.format.crypto import content_hasher
 from rekindle.format.indexdoc import PackEntries
@@ -28,8 +29,11 @@ from rekindle.store.base import Backend
 from rekindle.store.spool import Spool
 
 # Write an index file after this many packs, so an interrupted backup's uploads are found
-# (and not sent again) by the next run.
+# (and not sent again) by the next run; and after this many blobs, so the entries waiting
+# for their index file (kept in memory until it is written) stay few when the blobs are
+# small files (about 2 MiB for 8,192; 32 packs of small files hold some 40,000).
 INDEX_EVERY_PACKS = 32
+INDEX_EVERY_BLOBS = 8192
 
 
 # Blobs up to this size (small files are one blob each) are sealed into the pack's staging
@@ -78,6 +82,7 @@ class BlobWriter:
         self._slots = threading.BoundedSemaphore(max_pending_uploads)
         self._futures: list[Future[None]] = []
         self._done_packs: list[PackEntries] = []
+        self._done_blobs = 0  # blobs in _done_packs
         self._packs: set[_OpenPack] = set()  # not stored yet: `close` closes their spools
         self._closed = False
         self._local = threading.local()
@@ -86,15 +91,28 @@ class BlobWriter:
         self.blobs_added = 0
         self.packs_written = 0
 
+    @property
+    def unindexed(self) -> int:
+        """Ids this writer stored (or is storing) that no index file names yet."""
+        with self._lock:
+            return len(self._reserved)
+
     # -- deduplication ------------------------------------------------------------------------
     def reserve(self, chunk_id: bytes) -> bool:
-        """True if the caller must store this chunk; False if it exists or is being stored."""
+        """True if the caller must store this chunk; False if it exists or is being stored.
+
+        `_reserved` holds only the ids stored (or being stored) and not yet in an index file:
+        once indexed they are found in the index, so the set does not grow with the backup."""
         with self._lock:
             if chunk_id in self._reserved:
                 return False
             self._reserved.add(chunk_id)
         # A copy only in the archive tier does not count: a warm restore must never wait.
-        return not self.repo.index.contains_warm(chunk_id)
+        if self.repo.index.contains_warm(chunk_id):
+            with self._lock:
+                self._reserved.discard(chunk_id)
+            return False
+        return True
 
     def known(self, chunk_id: bytes) -> bool:
         with self._lock:
@@ -174,6 +192,11 @@ class BlobWriter:
             buf = self._local.scratch = bytearray(length)
         return memoryview(buf)[:length]
 
+    def release_scratch(self) -> None:
+        """Free this thread's scratch buffer (up to the largest blob it sealed): a thread
+        done with a large file need not keep it through the small files that follow."""
+        self._local.__dict__.pop("scratch", None)
+
     def _new_pack(self, kind: BlobKind) -> _OpenPack:
         op = _OpenPack(PackBuilder(self.repo.keys, kind), self.repo.backend.new_spool())
         self._packs.add(op)
@@ -208,7 +231,7 @@ class BlobWriter:
             pack_id = store_pack(self.repo.backend, builder, spool)
             packs = self._stored(PackEntries(pack_id, builder.kind, builder.entries), spool.size)
             if packs:
-                self.repo.write_index(packs)
+                self._index(packs)
         except BaseException as e:
             with self._lock:
                 self._error = self._error or e
@@ -222,12 +245,17 @@ class BlobWriter:
         packs an index file must now be written for (every INDEX_EVERY_PACKS)."""
         with self._lock:
             self._done_packs.append(pack)
+            self._done_blobs += len(pack.blobs)
             self.bytes_added += size
             self.packs_written += 1
-            write_index = len(self._done_packs) >= INDEX_EVERY_PACKS
+            write_index = (
+                len(self._done_packs) >= INDEX_EVERY_PACKS
+                or self._done_blobs >= INDEX_EVERY_BLOBS
+            )
             packs = self._done_packs if write_index else []
             if write_index:
                 self._done_packs = []
+                self._done_blobs = 0
         return packs
 
     def add_stored_pack(self, pack: PackEntries, size: int) -> None:
@@ -245,11 +273,21 @@ class BlobWriter:
 
     def _write_index(self, packs: list[PackEntries]) -> None:
         try:
-            self.repo.write_index(packs)
+            self._index(packs)
         except BaseException as e:
             with self._lock:
                 self._error = self._error or e
             raise
+
+    def _index(self, packs: list[PackEntries]) -> None:
+        """Write the index file naming these stored packs. Their ids are then found in the
+        index (`write_index` adds them to it before returning), so `_reserved` lets them go;
+        and the entries just freed are given back to the system."""
+        self.repo.write_index(packs)
+        with self._lock:
+            for p in packs:
+                self._reserved.difference_update(e.id for e in p.blobs)
+        return_freed_memory()
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -272,8 +310,9 @@ class BlobWriter:
         self._raise_pending()
         with self._lock:
             packs, self._done_packs = self._done_packs, []
+            self._done_blobs = 0
         if packs:
-            self.repo.write_index(packs)
+            self._index(packs)
 
     def _close_pack(self, op: _OpenPack) -> None:
         op.spool.close()

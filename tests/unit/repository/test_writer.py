@@ -12,6 +12,7 @@ import pytest
 
 from rekindle.format.registry import BlobKind
 from rekindle.repository.check import check
+from rekindle.repository import writer as writer_module
 from rekindle.repository.writer import SMALL_BLOB, BlobWriter
 from rekindle.store.local import LocalBackend
 from tests.helpers import make_repo
@@ -57,3 +58,44 @@ def test_a_closed_writer_stores_nothing_and_leaves_no_spool(tmp_path: Path) -> N
         with pytest.raises(RuntimeError, match="closed"):
             writer.store_plain(BlobKind.DATA, repo.keys.chunk_id(b"late"), b"late")
     assert [p.name for p in (tmp_path / "repo").iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_index_files_come_every_index_every_blobs_and_indexed_ids_are_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small blobs fill packs with many entries: an index file is written once this many
+    are waiting, not only every INDEX_EVERY_PACKS packs, and the writer forgets the ids an
+    index file names (they are found in the index): its memory does not grow with the
+    backup."""
+    monkeypatch.setattr(writer_module, "INDEX_EVERY_BLOBS", 100)
+    with make_repo(
+        LocalBackend(tmp_path / "repo"), tmp_path / "cache", pack_size=64 * 1024
+    ) as repo:
+        writer = BlobWriter(repo)
+        rng = random.Random(7)
+        blobs: dict[bytes, bytes] = {}
+        most_unindexed = 0
+        for _ in range(1200):
+            data = rng.randbytes(1000)
+            cid = repo.keys.chunk_id(data)
+            assert writer.reserve(cid)
+            writer.store_plain(BlobKind.DATA, cid, data)
+            blobs[cid] = data
+            most_unindexed = max(most_unindexed, writer.unindexed)
+        writer.flush()
+        writer.close()
+        assert writer.unindexed == 0
+        # a pack holds about 60 of these blobs: never more than the limit and two packs wait
+        assert most_unindexed < 100 + 2 * 70
+        names = [o.name for o in repo.backend.list("index/")]
+        per_file = [sum(len(p.blobs) for p in repo.read_index_file(n).packs) for n in names]
+        assert sum(per_file) == len(blobs)
+        assert len(names) >= 1200 // (100 + 70)
+        assert max(per_file) < 100 + 70
+        # an id already indexed is found there, and is not held again
+        some = next(iter(blobs))
+        assert not writer.reserve(some)
+        assert writer.unindexed == 0
+        for cid, data in blobs.items():
+            assert bytes(repo.read_blob(cid)) == data
+        assert check(repo, read_data=True).ok
