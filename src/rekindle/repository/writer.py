@@ -249,8 +249,7 @@ class BlobWriter:
             self.bytes_added += size
             self.packs_written += 1
             write_index = (
-                len(self._done_packs) >= INDEX_EVERY_PACKS
-                or self._done_blobs >= INDEX_EVERY_BLOBS
+                len(self._done_packs) >= INDEX_EVERY_PACKS or self._done_blobs >= INDEX_EVERY_BLOBS
             )
             packs = self._done_packs if write_index else []
             if write_index:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rekindle.format.registry import BlobKind
-from rekindle.repository.check import check
 from rekindle.repository import writer as writer_module
+from rekindle.repository.check import check
 from rekindle.repository.writer import SMALL_BLOB, BlobWriter
 from rekindle.store.local import LocalBackend
 from tests.helpers import make_repo
