@@ -71,7 +71,9 @@ def test_index_files_come_every_index_every_blobs_and_indexed_ids_are_let_go(
     with make_repo(
         LocalBackend(tmp_path / "repo"), tmp_path / "cache", pack_size=64 * 1024
     ) as repo:
-        writer = BlobWriter(repo)
+        # One upload at a time, so what may wait is known: the blobs short of the limit,
+        # the pack whose upload reached it, and one full pack waiting for the upload slot.
+        writer = BlobWriter(repo, upload_threads=1, max_pending_uploads=1)
         rng = random.Random(7)
         blobs: dict[bytes, bytes] = {}
         most_unindexed = 0
@@ -85,7 +87,7 @@ def test_index_files_come_every_index_every_blobs_and_indexed_ids_are_let_go(
         writer.flush()
         writer.close()
         assert writer.unindexed == 0
-        # a pack holds about 60 of these blobs: never more than the limit and two packs wait
+        # a pack holds about 60 of these blobs (1,200 would wait without the limit)
         assert most_unindexed < 100 + 2 * 70
         names = [o.name for o in repo.backend.list("index/")]
         per_file = [sum(len(p.blobs) for p in repo.read_index_file(n).packs) for n in names]
