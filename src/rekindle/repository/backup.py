@@ -44,7 +44,7 @@ from rekindle.repository.backup_worker import (
     FileOutcome,
     Xattrs,
     open_for_reading,
-    read_up_to,
+    read_small,
     read_xattrs,
     same_file,
     stat_key,
@@ -453,7 +453,7 @@ class Archiver:
                 self._read_sparse(fd, st.st_size, content)
             elif st.st_size <= small:
                 # A small file is one chunk (FORMAT.md): one read, no chunker.
-                data = read_up_to(fd, small + 1)
+                data = read_small(fd, st.st_size, small)
                 if len(data) > small:  # it grew since the scan: chunk it properly
                     self._chunk_stream(fd, 0, None, content, self._read_buffer())
                 else:

@@ -21,7 +21,13 @@ from rekindle.format.registry import BlobKind
 from rekindle.format.snapshot import Snapshot
 from rekindle.repository.backup import Archiver, BackupOptions, backup
 from rekindle.repository.backup_procs import WorkerProcessError
-from rekindle.repository.backup_worker import GREW, open_for_reading, read_small, stat_key
+from rekindle.repository.backup_worker import (
+    GREW,
+    open_for_reading,
+    read_small,
+    read_small_file,
+    stat_key,
+)
 from rekindle.repository.check import check
 from rekindle.repository.repo import Repository, Secret, parse_pack_name
 from rekindle.repository.restore import RestoreOptions, restore
@@ -107,29 +113,53 @@ def test_a_chunk_two_workers_meet_is_stored_once(tmp_path: Path) -> None:
         _checks_and_restores(repo, result.snapshot, src, tmp_path / "out")
 
 
-def test_read_small_reports_growth_errors_and_changes(tmp_path: Path) -> None:
+def test_read_small_file_reports_growth_errors_and_changes(tmp_path: Path) -> None:
     keys = RepoKeys.from_master(b"m" * 32)
     f = tmp_path / "f"
     f.write_bytes(b"x" * 100)
     kept: dict[bytes, bytes] = {}
     os.setxattr(f, b"user.note", b"kept")
     st = stat_key(os.stat(f))  # after the xattr, which changed its ctime
-    assert read_small(bytes(f), st, 100, keys, kept) == (
+    assert read_small_file(bytes(f), st, 100, keys, kept) == (
         [keys.chunk_id(b"x" * 100)],
         False,
         100,
         [(b"user.note", b"kept")],
     )
     assert kept == {keys.chunk_id(b"x" * 100): b"x" * 100}
-    assert read_small(bytes(f), st, 99, keys, {}) == GREW  # no longer small: the parent reads
+    assert read_small_file(bytes(f), st, 99, keys, {}) == GREW  # no longer small: the parent reads
     f.write_bytes(b"y" * 50)
     os.utime(f, ns=(st[1] + 10**9, st[1] + 10**9))
-    changed = read_small(bytes(f), st, 100, keys, {})
+    changed = read_small_file(bytes(f), st, 100, keys, {})
     assert isinstance(changed, tuple) and changed[1] is True and changed[2] == 50
-    missing = read_small(bytes(tmp_path / "gone"), st, 100, keys, {})
+    missing = read_small_file(bytes(tmp_path / "gone"), st, 100, keys, {})
     assert isinstance(missing, FileNotFoundError)
     os.symlink(f, tmp_path / "link")  # never followed
-    assert isinstance(read_small(bytes(tmp_path / "link"), st, 100, keys, {}), OSError)
+    assert isinstance(read_small_file(bytes(tmp_path / "link"), st, 100, keys, {}), OSError)
+
+
+@pytest.mark.parametrize(
+    ("seen", "actual", "expected"),
+    [
+        (100, 100, 100),  # as the walk saw it
+        (100, 40, 40),  # shrank
+        (0, 60, 60),  # was empty, grew: read on past the first buffer
+        (100, 150, 150),  # grew, still small
+        (100, 300, 257),  # grew past the limit: limit + 1 tells it
+        (1000, 300, 257),  # the walk saw it large (the caller reads it as large then)
+    ],
+)
+def test_read_small_reads_the_whole_content_up_to_one_past_the_limit(
+    tmp_path: Path, seen: int, actual: int, expected: int
+) -> None:
+    content = os.urandom(actual)
+    f = tmp_path / "f"
+    f.write_bytes(content)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert read_small(fd, seen, 256) == content[:expected]
+    finally:
+        os.close(fd)
 
 
 def _many_files(src: Path, dirs: int = 8, per_dir: int = 80, largest: int = 6000) -> None:
