@@ -225,26 +225,21 @@ _NODE_TYPES = {
 }
 
 
+def _access(st: os.stat_result) -> list[int]:
+    """Mode, owner and link count: kept for every entry, files included (they move the
+    ctime, except where they come from a mapping: id-mapped mounts, user namespaces)."""
+    return [st.st_mode, st.st_uid, st.st_gid, st.st_nlink]
+
+
 def _file_entry(st: os.stat_result, content: list[ContentItem], xattrs: Xattrs) -> list[Any]:
     """A file's entry in the files cache (filescache.DirEntries)."""
-    return [
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-        st.st_ino,
-        content,
-        xattrs,
-        st.st_mode,
-        st.st_uid,
-        st.st_gid,
-        st.st_nlink,
-    ]
+    return [*stat_key(st), content, xattrs, *_access(st)]
 
 
 def _same_content(cached: list[Any], st: os.stat_result) -> bool:
-    """A file's files-cache entry still tells its content: same size, mtime, ctime and
-    inode."""
-    return cached[:4] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    """A file's files-cache entry still tells its content: the same `stat_key` (size,
+    mtime, ctime and inode)."""
+    return cached[:4] == list(stat_key(st))
 
 
 def _from_cache(node: Node, cached: list[Any]) -> None:
@@ -256,16 +251,7 @@ def _from_cache(node: Node, cached: list[Any]) -> None:
 
 def _identity(st: os.stat_result) -> list[int]:
     """What the record of a directory keeps of an entry that is not a regular file."""
-    return [
-        st.st_ino,
-        st.st_ctime_ns,
-        st.st_mtime_ns,
-        st.st_size,
-        st.st_mode,
-        st.st_uid,
-        st.st_gid,
-        st.st_nlink,
-    ]
+    return [st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size, *_access(st)]
 
 
 class _Owners:
@@ -750,9 +736,7 @@ class Archiver:
             cached is None
             or len(cached) < 10
             or not _same_content(cached, st)
-            # Mode, owner and link count move the ctime, except where they come from a
-            # mapping (id-mapped mounts, user namespaces, mount options): compared too.
-            or cached[6:10] != [st.st_mode, st.st_uid, st.st_gid, st.st_nlink]
+            or cached[6:10] != _access(st)
             or not self._cached_content_ok(cached[4], frame.trusted)
         ):
             return False

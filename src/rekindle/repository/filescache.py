@@ -72,7 +72,7 @@ class FilesCache:
         # many directories a backup walks. A crashed backup's staged rows vanish with it.
         self._db.execute("CREATE TEMP TABLE staged (path BLOB PRIMARY KEY, data BLOB)")
         self._batch: list[tuple[bytes, bytes]] = []
-        self._gen = self._state("gen")
+        self._gen = 0  # the generation trusted rows belong to: read by `begin`
         self._trusted = False
         self._begin_files: set[str] = set()
 
@@ -80,10 +80,10 @@ class FilesCache:
         row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
-    def begin(self, current_index_files: set[str]) -> bool:
-        """At the start of a backup, once the index is synced: whether the rows of the
-        current generation are trusted (every index file the cache was written with still
-        exists). Rows of older generations never are."""
+    def begin(self, current_index_files: set[str]) -> None:
+        """At the start of a backup, once the index is synced: decide whether the rows of
+        the current generation are trusted (every index file the cache was written with
+        still exists). Rows of older generations never are."""
         # One read transaction: the generation number with the table it belongs to (another
         # backup sharing this cache may have committed since this one opened it).
         self._db.execute("BEGIN")
@@ -92,7 +92,6 @@ class FilesCache:
         self._db.execute("COMMIT")
         self._trusted = bool(names) and names <= current_index_files
         self._begin_files = set(current_index_files)
-        return self._trusted
 
     def get(self, path: bytes) -> tuple[DirEntries, bool] | None:
         """A directory's entries, and whether what they name is known to be in the
@@ -137,14 +136,15 @@ class FilesCache:
         # which SQLite refuses at once when another commit holds one too.
         self._db.execute("BEGIN IMMEDIATE")
         same = self._trusted and self._begin_files <= index_files
-        gen = self._gen if same else max(self._gen, self._state("gen")) + 1
+        latest = self._state("gen")  # another backup sharing the cache may have moved it on
+        gen = self._gen if same else max(self._gen, latest) + 1
         self._db.execute("INSERT OR REPLACE INTO dirs SELECT path, data, ? FROM staged", (gen,))
         self._db.execute("DELETE FROM staged")
         self._db.execute("DELETE FROM generation")
         self._db.executemany("INSERT INTO generation VALUES (?)", ((n,) for n in index_files))
         self._db.executemany(
             "INSERT OR REPLACE INTO state VALUES (?, ?)",
-            [("gen", max(gen, self._state("gen"))), ("owners_epoch", owners_epoch)],
+            [("gen", max(gen, latest)), ("owners_epoch", owners_epoch)],
         )
         self._db.execute("DELETE FROM owners")
         self._db.executemany(

@@ -94,7 +94,8 @@ class LocalIndex:
         another process's view of an index it must not change (restore's workers)."""
         import sqlite3  # here, not at import: see format/codec.py
 
-        if path is not None and read_only:
+        reader = path is not None and read_only  # an in-memory index is made, read-only or not
+        if path is not None and reader:
             self._db = sqlite3.connect(
                 f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False
             )
@@ -106,15 +107,15 @@ class LocalIndex:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA busy_timeout = 60000")
-            if not read_only or path is None:
+            if reader:
+                # Read now: a file that is no index fails here, not at the first lookup.
+                self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchall()
+            else:
                 if path is not None:
                     self._db.execute("PRAGMA journal_mode = WAL")
                 # The cache can always be rebuilt from the backend: durability is not needed.
                 self._db.execute("PRAGMA synchronous = OFF")
                 self._db.executescript(_SCHEMA)
-            else:
-                # Read now: a file that is no index fails here, not at the first lookup.
-                self._db.execute("SELECT 1 FROM blobs LIMIT 1").fetchall()
         self._bloom: _Bloom | None = None  # built once lookups are many (see `contains`)
         self._lookups = 0
         self._cold: frozenset[bytes] = frozenset()

@@ -235,13 +235,14 @@ class _Worker:
     def write_batch(
         self, batch: list[Job], where: dict[bytes, list[Location]] | None
     ) -> list[Answer]:
+        files = [(j[0], _node(j)) for j in batch]
         if where is None:
             where = self.repo.index.lookup_many(
-                i for j in batch for i in j[8] if isinstance(i, bytes)
+                c for _, node in files for c in node.content if isinstance(c, bytes)
             )
         dirs: dict[bytes, int] = {}
         try:
-            return [self._write_one(j[0], _node(j), where, dirs).wire() for j in batch]
+            return [self._write_one(relb, node, where, dirs).wire() for relb, node in files]
         finally:
             for fd in dirs.values():
                 if fd != self.root_fd:

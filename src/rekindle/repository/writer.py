@@ -82,7 +82,6 @@ class BlobWriter:
         self._slots = threading.BoundedSemaphore(max_pending_uploads)
         self._futures: list[Future[None]] = []
         self._done_packs: list[PackEntries] = []
-        self._done_blobs = 0  # blobs in _done_packs
         self._packs: set[_OpenPack] = set()  # not stored yet: `close` closes their spools
         self._closed = False
         self._local = threading.local()
@@ -113,12 +112,6 @@ class BlobWriter:
                 self._reserved.discard(chunk_id)
             return False
         return True
-
-    def known(self, chunk_id: bytes) -> bool:
-        with self._lock:
-            if chunk_id in self._reserved:
-                return True
-        return self.repo.index.contains_warm(chunk_id)
 
     def store(self, kind: BlobKind, chunk_id: bytes, payload: bytes, raw_length: int) -> None:
         """Add an encoded blob (codec byte + payload, see format.codec) to a pack.
@@ -242,19 +235,19 @@ class BlobWriter:
 
     def _stored(self, pack: PackEntries, size: int) -> list[PackEntries]:
         """A pack is in the backend: its entries go into the next index file. Returns the
-        packs an index file must now be written for (every INDEX_EVERY_PACKS)."""
+        packs an index file must now be written for (every INDEX_EVERY_PACKS packs or
+        INDEX_EVERY_BLOBS blobs)."""
         with self._lock:
             self._done_packs.append(pack)
-            self._done_blobs += len(pack.blobs)
             self.bytes_added += size
             self.packs_written += 1
             write_index = (
-                len(self._done_packs) >= INDEX_EVERY_PACKS or self._done_blobs >= INDEX_EVERY_BLOBS
+                len(self._done_packs) >= INDEX_EVERY_PACKS
+                or sum(len(p.blobs) for p in self._done_packs) >= INDEX_EVERY_BLOBS
             )
             packs = self._done_packs if write_index else []
             if write_index:
                 self._done_packs = []
-                self._done_blobs = 0
         return packs
 
     def add_stored_pack(self, pack: PackEntries, size: int) -> None:
@@ -309,7 +302,6 @@ class BlobWriter:
         self._raise_pending()
         with self._lock:
             packs, self._done_packs = self._done_packs, []
-            self._done_blobs = 0
         if packs:
             self._index(packs)
 
